@@ -1,0 +1,17 @@
+"""Method registry: name -> module. A method module defines `Config` (a dataclass whose fields all
+carry a help text) and `train(ctx, cfg)`. Adding a method is one module and one line here."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+METHODS: dict[str, str] = {
+    "gfn_tb": "methods.gfn_tb",
+    "ppo": "methods.ppo",
+}
+
+
+def method_module(name: str) -> ModuleType:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    return importlib.import_module(METHODS[name])

@@ -1,0 +1,90 @@
+"""The contract between the harness and a method.
+
+The harness builds a `TrainContext` (policy, task, budget, logging callbacks) and calls the method
+module's `train(ctx, cfg)`. A method learns; it does not know about MLflow, Optuna or launchers.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from methods.engine.engine import Engine
+from methods.engine.models import Policy
+from tasks.base import Example, Task
+
+
+@dataclass
+class TrainConfig:
+    """Budget and evaluation protocol, shared by every method (`train.<field>=...`)."""
+
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    batch_prompts: int = field(default=4, metadata={"help": "distinct queries per optimizer step"})
+    samples_per_prompt: int = field(default=4, metadata={"help": "trajectories per query per step"})
+    eval_every: int = field(default=50, metadata={"help": "evaluate on the validation split every N steps (0: only at the end)"})
+    eval_prompts: int = field(default=100, metadata={"help": "queries per evaluation split (capped by the split size)"})
+    eval_samples: int = field(default=10, metadata={"help": "samples per query at evaluation; the answer is their majority vote (paper: 10)"})
+    eval_temperature: float = field(default=0.1, metadata={"help": "sampling temperature at evaluation (paper: 0.1)"})
+    batch_size: int = field(default=64, metadata={"help": "sequences per forward pass when sampling or scoring without gradients"})
+    log_samples: int = field(default=8, metadata={"help": "sample rationales kept in the run's table"})
+
+
+@dataclass
+class TrainContext:
+    policy: Policy
+    task: Task
+    engine: Engine
+    train: TrainConfig
+    seed: int
+    log_metrics: Callable[[dict[str, float], int], None]
+    """Record step metrics (the harness forwards them to MLflow and the progress bar)."""
+    evaluate: Callable[[int], dict[str, float]]
+    """Evaluate the current policy on the validation split at a step; returns (and logs) metrics."""
+    log_samples: Callable[[list[dict[str, Any]], int], None] = lambda rows, step: None
+    """Record a few sample rationales (query, sample, log R, ...) as a table."""
+
+
+@dataclass
+class RewardTemperature:
+    """The paper's reward-temperature schedule: log R / T, T linear from start to end over
+    `horizon` optimizer steps, then fixed (arithmetic defaults: 1.1 -> 0.5 over 150 steps)."""
+
+    reward_temp_start: float = field(default=1.1, metadata={"help": "reward temperature at step 0"})
+    reward_temp_end: float = field(default=0.5, metadata={"help": "reward temperature after the horizon"})
+    reward_temp_horizon: int = field(default=150, metadata={"help": "steps over which the reward temperature moves from start to end"})
+
+    def reward_temperature(self, step: int) -> float:
+        frac = min(step / self.reward_temp_horizon, 1.0) if self.reward_temp_horizon > 0 else 1.0
+        return self.reward_temp_start + frac * (self.reward_temp_end - self.reward_temp_start)
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr * min(step / warmup, 1), as in the paper (the first step already uses lr / warmup)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(warmup_steps, 1), 1.0))
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite loss ({loss.item()}) at step {step}: lower method.lr or check the task's reward")
+
+
+class QuerySampler:
+    """Draws the training queries of each step, reproducibly from the run's seed."""
+
+    def __init__(self, pool: list[Example], seed: int):
+        if not pool:
+            raise ValueError("the task has no training queries")
+        self.pool, self.rng = pool, random.Random(seed)
+
+    def draw(self, n: int) -> list[Example]:
+        return [self.rng.choice(self.pool) for _ in range(n)]
+
+
+def micro_batches(n_rows: int, group_size: int, max_rows: int) -> list[list[int]]:
+    """Row indices in chunks of at most max(max_rows, group_size) rows, never splitting a group
+    of `group_size` consecutive rows (the samples of one query)."""
+    per_chunk = max(1, max_rows // group_size) * group_size
+    return [list(range(i, min(i + per_chunk, n_rows))) for i in range(0, n_rows, per_chunk)]

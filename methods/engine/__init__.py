@@ -1,0 +1,1 @@
+"""The shared engine: model loading, rollouts with tools, log-probs, rewards, evaluation."""

@@ -1,0 +1,279 @@
+"""The shared rollout engine: sampling with a tool in the loop, and teacher-forced scoring.
+
+A trajectory is a sequence of policy *actions* (tokens the policy chose) interleaved with
+*environment* tokens (what the task's tool inserted, e.g. a calculator result). Only actions
+count towards log P_F. States are indexed by actions: s_0 is the prompt, s_k the prefix after the
+k-th action and any tool tokens that followed it. Termination (EOS, or a newline where the task
+stops on one) is an action of its own, written ⊤, scored at every state.
+
+Gradients never flow through sampling: after sampling, one teacher-forced forward pass computes
+the actions' log-probs and every state's termination log-prob. Replayed trajectories go through
+the same pass, tool tokens included, so they are scored in the context they were sampled in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from tasks.base import Task
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class TokenRules:
+    """The action space a task allows, as masks over the vocabulary (built once per task)."""
+
+    allowed: torch.Tensor  # [V] bool: tokens the policy may emit as actions (terminators included)
+    terminators: torch.Tensor  # [V] bool: tokens that end a sample
+    min_actions: int
+    max_actions: int
+
+    @classmethod
+    def for_task(cls, task: Task, tokenizer, vocab_size: int) -> "TokenRules":
+        allowed = torch.ones(vocab_size, dtype=torch.bool)
+        terminators = torch.zeros(vocab_size, dtype=torch.bool)
+        special = set(tokenizer.all_special_ids)
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        for i, text in enumerate(texts[:vocab_size]):
+            if i in special:
+                allowed[i] = False
+            elif task.allowed_chars is not None and (not text or any(c not in task.allowed_chars for c in text)):
+                allowed[i] = False
+            elif "\n" in text and task.stop_on_newline:
+                terminators[i] = True
+        allowed[len(texts):] = False  # padding rows of the embedding matrix are not tokens
+        terminators[tokenizer.eos_token_id] = True
+        allowed |= terminators
+        return cls(allowed, terminators, task.min_actions, task.max_actions)
+
+    def logprobs(self, logits: torch.Tensor, n_actions: torch.Tensor, temperature: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """Log-probs of the policy's next action under the task's rules, in fp32.
+
+        `n_actions` (broadcast against logits[..., 0]) says how many actions precede each
+        position; terminators are forbidden before `min_actions`.
+        """
+        logits = logits.float()
+        if not isinstance(temperature, float) or temperature != 1.0:
+            logits = logits / temperature
+        allowed = self.allowed.to(logits.device)
+        early = (n_actions < self.min_actions).unsqueeze(-1)
+        blocked = ~allowed | (early & self.terminators.to(logits.device))
+        return logits.masked_fill(blocked, NEG_INF).log_softmax(-1)
+
+    def termination_logprob(self, logp: torch.Tensor) -> torch.Tensor:
+        """log q(⊤ | s): total probability of the terminator tokens, -inf where all are blocked.
+
+        The logsumexp of an all -inf row has a NaN gradient, which would poison the whole
+        backward pass even where the value is masked out later; such rows are computed on zeros.
+        """
+        term = logp.masked_fill(~self.terminators.to(logp.device), NEG_INF)
+        blocked = torch.isinf(term).all(-1, keepdim=True)
+        lse = torch.where(blocked, torch.zeros_like(term), term).logsumexp(-1)
+        return torch.where(blocked.squeeze(-1), torch.full_like(lse, NEG_INF), lse)
+
+
+@dataclass
+class Trajectories:
+    """A batch of finished samples as token ids (CPU lists); row i answers examples[example_idx[i]]."""
+
+    example_idx: list[int]
+    prompt_ids: list[list[int]]
+    tokens: list[list[int]]  # actions and tool tokens, terminator excluded
+    is_action: list[list[bool]]
+    terminated: list[bool]  # False: cut at max_actions
+    temperature: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_actions(self) -> list[int]:
+        return [sum(a) for a in self.is_action]
+
+    def state_ends(self) -> list[list[int]]:
+        """For each row, the token count of s_0..s_n (s_k ends before action k+1)."""
+        ends = []
+        for acts in self.is_action:
+            row = [i for i, a in enumerate(acts) if a]  # position of every action
+            ends.append(row + [len(acts)])  # s_k ends where action k+1 starts; s_n at the end
+        return ends
+
+    def select(self, rows: list[int]) -> "Trajectories":
+        pick = lambda xs: [xs[i] for i in rows]
+        return Trajectories(pick(self.example_idx), pick(self.prompt_ids), pick(self.tokens),
+                            pick(self.is_action), pick(self.terminated),
+                            pick(self.temperature) if self.temperature else [])
+
+    @staticmethod
+    def concat(parts: list["Trajectories"]) -> "Trajectories":
+        out = Trajectories([], [], [], [], [], [])
+        for p in parts:
+            out.example_idx += p.example_idx
+            out.prompt_ids += p.prompt_ids
+            out.tokens += p.tokens
+            out.is_action += p.is_action
+            out.terminated += p.terminated
+            out.temperature += p.temperature or [1.0] * len(p)
+        return out
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[list[int]],
+           example_idx: list[int], temperature: list[float], generator: torch.Generator | None = None) -> Trajectories:
+    """Sample one trajectory per prompt with a KV cache, the task's tool in the loop.
+
+    Every row advances one token per forward pass: a row either samples an action or consumes
+    the next pending tool token, so the batch's cache stays aligned without re-padding (the
+    reference code dropped the whole batch's cache at every tool call).
+    """
+    device = next(model.parameters()).device
+    batch = len(prompt_ids)
+    ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
+    pos = positions(mask)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache, logits, last_pos = out.cache, out.logits[:, -1], pos[:, -1]
+    temps = torch.tensor(temperature, dtype=torch.float32, device=device).unsqueeze(-1)
+
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    is_action: list[list[bool]] = [[] for _ in range(batch)]
+    pending: list[list[int]] = [[] for _ in range(batch)]  # tool tokens waiting to be inserted
+    n_actions = torch.zeros(batch, dtype=torch.long, device=device)
+    terminator_ids = set(rules.terminators.nonzero().flatten().tolist())
+    done = [False] * batch
+    terminated = [False] * batch
+    while not all(done):
+        probs = rules.logprobs(logits, n_actions, temps).exp()
+        drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()
+        step = []
+        for i in range(batch):
+            if done[i]:
+                step.append(tokenizer.pad_token_id)
+            elif pending[i]:
+                step.append(pending[i].pop(0))
+                tokens[i].append(step[-1])
+                is_action[i].append(False)
+            elif drawn[i] in terminator_ids:
+                done[i] = terminated[i] = True
+                step.append(tokenizer.pad_token_id)
+            else:
+                step.append(drawn[i])
+                tokens[i].append(drawn[i])
+                is_action[i].append(True)
+                n_actions[i] += 1
+                inserted = task.tool(tokenizer.decode(tokens[i]))
+                if inserted:
+                    pending[i] = tokenizer(inserted, add_special_tokens=False).input_ids
+            if not done[i] and not pending[i] and n_actions[i] >= rules.max_actions:
+                done[i] = True  # truncated: the policy never chose ⊤
+        if all(done):
+            break
+        # Finished rows are fed a masked pad so the batch stays aligned; nothing reads their logits.
+        mask = torch.cat([mask, torch.tensor([[0 if d else 1] for d in done], device=device)], 1)
+        last_pos = last_pos + 1
+        out = model(input_ids=torch.tensor(step, device=device).unsqueeze(-1), attention_mask=mask,
+                    position_ids=last_pos.unsqueeze(-1), cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+    return Trajectories(list(example_idx), [list(p) for p in prompt_ids], tokens, is_action, terminated, list(temperature))
+
+
+@dataclass
+class Scores:
+    """Teacher-forced log-probs of a batch of trajectories under a model and the task's rules."""
+
+    action_logp: torch.Tensor  # [B, A]: log q(a_{k+1} | s_k), 0 past each row's last action
+    term_logp: torch.Tensor  # [B, A+1]: log q(⊤ | s_k), -inf where ⊤ is forbidden, 0 past s_n
+    state_mask: torch.Tensor  # [B, A+1] bool: s_k exists (k <= n)
+    prompt_hidden: torch.Tensor | None  # [B, H]: last hidden state of the prompt (for log Z(x))
+    state_hidden: torch.Tensor | None  # [B, A+1, H]: last hidden state of each state (for values)
+
+    @property
+    def logpf(self) -> torch.Tensor:
+        """log P_F(τ) = Σ_k log q(a_k | s_{k-1}) + log q(⊤ | s_n)."""
+        final = self.term_logp.masked_fill(~last_state_mask(self.state_mask), 0.0).sum(-1)
+        return self.action_logp.sum(-1) + final
+
+
+def last_state_mask(state_mask: torch.Tensor) -> torch.Tensor:
+    n = state_mask.sum(-1) - 1
+    return torch.nn.functional.one_hot(n, state_mask.shape[1]).bool()
+
+
+def score(model, pad_id: int, rules: TokenRules, traj: Trajectories, *, hidden: bool = False) -> Scores:
+    """One forward pass over prompt + tokens; gathers action and termination log-probs per state."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(traj.prompt_ids, pad_id, device)
+    prompt_width = ids.shape[1]
+    width = max(1, max(len(t) for t in traj.tokens))
+    gen = torch.full((len(traj), width), pad_id, dtype=torch.long)
+    gen_mask = torch.zeros((len(traj), width), dtype=torch.long)
+    for i, t in enumerate(traj.tokens):
+        gen[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+        gen_mask[i, :len(t)] = 1
+    ids = torch.cat([ids, gen.to(device)], 1)
+    mask = torch.cat([mask, gen_mask.to(device)], 1)
+    # Only the last prompt token and the sample need logits: skip the LM head over the prompt.
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=hidden,
+                logits_to_keep=width + 1)
+
+    n_max = max(traj.n_actions)
+    ends = traj.state_ends()
+    # Position whose logits predict what follows state s_k: the last token of s_k.
+    at = torch.full((len(traj), n_max + 1), prompt_width - 1, dtype=torch.long)
+    state_mask = torch.zeros((len(traj), n_max + 1), dtype=torch.bool)
+    actions = torch.zeros((len(traj), n_max), dtype=torch.long)
+    for i, row in enumerate(ends):
+        at[i, :len(row)] = torch.tensor([prompt_width + e - 1 for e in row])
+        state_mask[i, :len(row)] = True
+        acts = [tok for tok, a in zip(traj.tokens[i], traj.is_action[i]) if a]
+        actions[i, :len(acts)] = torch.tensor(acts, dtype=torch.long)
+    at, state_mask, actions = at.to(device), state_mask.to(device), actions.to(device)
+
+    kept = at - (prompt_width - 1)  # index into the kept logits
+    logits = out.logits.gather(1, kept.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
+    k = torch.arange(n_max + 1, device=device).expand(len(traj), -1)
+    logp = rules.logprobs(logits, k)
+    action_logp = logp[:, :-1].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    action_logp = action_logp.masked_fill(~state_mask[:, 1:], 0.0)
+    term_logp = rules.termination_logprob(logp).masked_fill(~state_mask, 0.0)
+    prompt_hidden = state_hidden = None
+    if hidden:
+        h = out.hidden_states[-1]
+        prompt_hidden = h[:, prompt_width - 1]
+        state_hidden = h.gather(1, at.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+    return Scores(action_logp, term_logp, state_mask, prompt_hidden, state_hidden)
+
+
+def token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], tokens: list[list[int]]) -> torch.Tensor:
+    """[B, T] log p(token_t | prompt, tokens_<t) under the model's full distribution, 0 past the end."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompt_ids, pad_id, device)
+    width = max(1, max(len(t) for t in tokens))
+    gen = torch.full((len(tokens), width), pad_id, dtype=torch.long)
+    gen_mask = torch.zeros((len(tokens), width), dtype=torch.long)
+    for i, t in enumerate(tokens):
+        gen[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+        gen_mask[i, :len(t)] = 1
+    gen, gen_mask = gen.to(device), gen_mask.to(device)
+    full_mask = torch.cat([mask, gen_mask], 1)
+    out = model(input_ids=torch.cat([ids, gen], 1), attention_mask=full_mask, position_ids=positions(full_mask),
+                logits_to_keep=width + 1)
+    logits = out.logits[:, :-1].float()
+    logp = logits.gather(-1, gen.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return logp.masked_fill(gen_mask == 0, 0.0)

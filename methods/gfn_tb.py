@@ -1,0 +1,195 @@
+"""GFlowNet fine-tuning (Hu et al. 2024): train q(Z | X) to sample Z in proportion to R(Z).
+
+Three objectives over the same trajectories (log P_B = 0: left-to-right generation is a tree):
+- `tb`: trajectory balance, (log Z(x) + log P_F(τ) - log R(τ)/T)², with log Z(x) a learned linear
+  head on the prompt's last hidden state (each query has its own partition function).
+- `vargrad`: log Z(x) estimated by the batch mean of log R/T - log P_F over samples of one query.
+- `subtb`: the paper's modified sub-trajectory balance, with the flow of a state
+  log F(s) = log R(s)/T - log q(⊤ | s) and pairs weighted by λ^(j-i-1).
+
+Behaviour policy per query and step, as in the paper: replayed top-reward samples (if the query
+has any), tempered sampling with T ~ U[pf_temp_low, pf_temp_high], or on-policy sampling.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from methods.base import QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
+from methods.engine.replay import ReplayBuffer
+from methods.engine.rollout import Trajectories
+
+LOSSES = ("tb", "subtb", "vargrad")
+
+
+@dataclass
+class Config(RewardTemperature):
+    loss: str = field(default="subtb", metadata={"help": f"objective: {' | '.join(LOSSES)}"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate of the LoRA parameters (paper: 1e-4)"})
+    lr_logz: float = field(default=1e-2, metadata={"help": "learning rate of the log Z(x) head (tb only)"})
+    logz_init: float = field(default=0.0, metadata={"help": "initial log Z(x) (tb only)"})
+    subtb_lambda: float = field(default=1.0, metadata={"help": "weight λ^(j-i-1) of a sub-trajectory of length j-i (paper: 1)"})
+    warmup_steps: int = field(default=20, metadata={"help": "linear learning-rate warm-up (paper: 20)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    p_replay: float = field(default=0.25, metadata={"help": "probability that a query's samples come from the replay buffer"})
+    p_tempered: float = field(default=0.5, metadata={"help": "probability of tempered sampling (else on-policy at T=1)"})
+    pf_temp_low: float = field(default=0.5, metadata={"help": "lowest sampling temperature of tempered exploration"})
+    pf_temp_high: float = field(default=2.0, metadata={"help": "highest sampling temperature of tempered exploration"})
+    buffer_size: int = field(default=50, metadata={"help": "replay buffer items kept per query (highest reward first)"})
+    seed_buffer: bool = field(default=True, metadata={"help": "put the task's worked rationales in the buffer of their queries"})
+
+
+# --- losses (per-batch tensors in, scalar out) ---------------------------------------------------
+
+def tb_loss(log_z: torch.Tensor, logpf: torch.Tensor, log_r: torch.Tensor) -> torch.Tensor:
+    """Trajectory balance. log_z, logpf, log_r (tempered): [B]."""
+    return (log_z + logpf - log_r).pow(2).mean()
+
+
+def vargrad_loss(logpf: torch.Tensor, log_r: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Variance of log P_F - log R within each query's samples; `group` [B] names the query."""
+    s = logpf - log_r
+    _, inverse, counts = group.unique(return_inverse=True, return_counts=True)
+    means = torch.zeros(len(counts), dtype=s.dtype, device=s.device).index_add_(0, inverse, s) / counts
+    return (s - means[inverse]).pow(2).mean()
+
+
+def subtb_loss(action_logp: torch.Tensor, term_logp: torch.Tensor, log_r: torch.Tensor,
+               state_mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """Modified sub-trajectory balance over every pair of terminable states i < j.
+
+    action_logp [B, A]; term_logp, log_r (tempered), state_mask [B, A+1]. A state is usable when
+    it exists and ⊤ is allowed there (min length). Telescoping the per-step residuals gives
+    log F(s_i) + Σ_{i<=k<j} log q(a_k) - log F(s_j) for each pair, normalized by the total weight.
+    """
+    usable = state_mask & torch.isfinite(term_logp)
+    log_f = torch.where(usable, log_r - term_logp, torch.zeros_like(log_r))
+    cum = torch.cat([torch.zeros_like(action_logp[:, :1]), action_logp.cumsum(-1)], -1)  # Σ_{k<j} log q(a_k)
+    resid = log_f.unsqueeze(2) + cum.unsqueeze(1) - cum.unsqueeze(2) - log_f.unsqueeze(1)  # [B, i, j]
+    n = log_f.shape[1]
+    idx = torch.arange(n, device=log_f.device)
+    span = idx.view(1, -1) - idx.view(-1, 1)  # j - i
+    weight = torch.where(span > 0, torch.tensor(lam, dtype=log_f.dtype, device=log_f.device).pow((span - 1).clamp(min=0)), 0.0)
+    pair = usable.unsqueeze(2) & usable.unsqueeze(1) & (span > 0)
+    w = weight * pair
+    return (w * resid.pow(2)).sum() / w.sum().clamp(min=1e-12)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+def train(ctx: TrainContext, cfg: Config) -> None:
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"method.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    engine, policy, budget = ctx.engine, ctx.policy, ctx.train
+    device = policy.device
+    rng = random.Random(ctx.seed)
+    generator = torch.Generator(device=device).manual_seed(ctx.seed)
+    per_prefix = cfg.loss == "subtb"
+
+    log_z_head = torch.nn.Linear(policy.hidden_size, 1).to(device)
+    torch.nn.init.zeros_(log_z_head.weight)
+    torch.nn.init.constant_(log_z_head.bias, cfg.logz_init)
+    groups = [{"params": policy.trainable_parameters(), "lr": cfg.lr}]
+    if cfg.loss == "tb":
+        groups.append({"params": log_z_head.parameters(), "lr": cfg.lr_logz})
+    optimizer = torch.optim.AdamW(groups)
+    schedule = warmup_schedule(optimizer, cfg.warmup_steps)
+
+    pool = ctx.task.demonstrations() + ctx.task.train_examples()
+    queries = QuerySampler(pool, ctx.seed)
+    buffer = ReplayBuffer(cfg.buffer_size)
+    if cfg.seed_buffer:
+        demos = [ex for ex in ctx.task.demonstrations() if ex.rationale]
+        if demos:
+            traj = engine.demonstrations(demos)
+            rewards = engine.log_reward(traj, demos, per_prefix=per_prefix)
+            for row, ex in enumerate(demos):
+                buffer.add(ex.query, traj.select([row]), rewards[row:row + 1])
+
+    k = budget.samples_per_prompt
+    for step in range(budget.steps):
+        temp_r = cfg.reward_temperature(step)
+        batch = queries.draw(budget.batch_prompts)
+        # Behaviour policy per query: replay, tempered or on-policy; rows of one query stay together.
+        to_sample, temps, replays = [], [], []
+        for ex in batch:
+            u = rng.random()
+            if u < cfg.p_replay and buffer.has(ex.query):
+                replays.append((ex, buffer.sample(ex.query, k, rng)))
+            else:
+                t = rng.uniform(cfg.pf_temp_low, cfg.pf_temp_high) if u < cfg.p_replay + cfg.p_tempered else 1.0
+                to_sample += [ex] * k
+                temps += [t] * k
+        examples, parts, reward_parts = list(to_sample), [], []
+        if to_sample:
+            fresh = engine.sample(to_sample, temps, generator)
+            fresh_r = engine.log_reward(fresh, to_sample, per_prefix=per_prefix)
+            for q in range(0, len(to_sample), k):
+                buffer.add(to_sample[q].query, fresh.select(list(range(q, q + k))), fresh_r[q:q + k])
+            parts.append(fresh)
+            reward_parts.append(fresh_r)
+        for ex, items in replays:
+            parts.append(Trajectories([len(examples)] * k, [engine.prompt_ids(ex)] * k, [it.tokens for it in items],
+                                      [it.is_action for it in items], [it.terminated for it in items], [1.0] * k))
+            reward_parts.append(_stored_rewards(items, per_prefix))
+            examples += [ex] * k
+        traj = Trajectories.concat(parts)
+        width = max(traj.n_actions) + 1
+        log_r = torch.cat([(torch.nn.functional.pad(r, (0, width - r.shape[1])) if per_prefix else r).to(device)
+                           for r in reward_parts]) / temp_r
+        group = torch.arange(len(traj), device=device) // k  # k consecutive rows share a query
+
+        # Gradient accumulation over micro-batches of whole query groups (VarGrad needs them whole).
+        optimizer.zero_grad(set_to_none=True)
+        stats = {"loss": 0.0, "logpf": [], "final_r": [], "log_z": []}
+        for rows in micro_batches(len(traj), k, budget.batch_size):
+            sel = torch.tensor(rows, device=device)
+            scores = engine.score(traj.select(rows), hidden=cfg.loss == "tb")
+            logpf, mb_r = scores.logpf, log_r[sel]
+            final_r = mb_r.gather(1, scores.state_mask.sum(-1, keepdim=True) - 1).squeeze(1) if per_prefix else mb_r
+            if cfg.loss == "tb":
+                log_z = log_z_head(scores.prompt_hidden.detach().float()).squeeze(-1)
+                loss = tb_loss(log_z, logpf, final_r)
+            elif cfg.loss == "vargrad":
+                loss = vargrad_loss(logpf, final_r, group[sel])
+                log_z = final_r - logpf  # the per-sample estimate whose variance VarGrad minimizes
+            else:
+                loss = subtb_loss(scores.action_logp, scores.term_logp, mb_r[:, :scores.state_mask.shape[1]],
+                                  scores.state_mask, cfg.subtb_lambda)
+                log_z = final_r - logpf  # the TB estimate of log Z, logged for comparison
+            check_finite(loss, step)
+            (loss * len(rows) / len(traj)).backward()
+            stats["loss"] += loss.item() * len(rows) / len(traj)
+            for key, value in (("logpf", logpf), ("final_r", final_r), ("log_z", log_z)):
+                stats[key].append(value.detach())
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        logpf, final_r, log_z = (torch.cat(stats[key]) for key in ("logpf", "final_r", "log_z"))
+
+        ctx.log_metrics({
+            "loss": stats["loss"],
+            "log_reward": (final_r * temp_r).mean().item(),
+            "log_reward_tempered": final_r.mean().item(),
+            "log_z": log_z.mean().item(),
+            "logpf": logpf.mean().item(),
+            "sample_length": sum(traj.n_actions) / len(traj),
+            "reward_temperature": temp_r,
+            "lr": schedule.get_last_lr()[0],
+            "buffer_size": float(len(buffer)),
+        }, step)
+        if budget.eval_every and (step + 1) % budget.eval_every == 0 and step + 1 < budget.steps:
+            ctx.evaluate(step + 1)
+    texts = engine.texts(traj)
+    ctx.log_samples([{"query": examples[i].query, "sample": texts[i],
+                      "log_reward": float(final_r[i] * temp_r)} for i in range(min(len(traj), budget.log_samples))],
+                    budget.steps)
+
+
+def _stored_rewards(items, per_prefix: bool) -> torch.Tensor:
+    if not per_prefix:
+        return torch.tensor([it.log_reward for it in items])
+    width = max(len(it.log_rewards) for it in items)
+    return torch.tensor([it.log_rewards + [0.0] * (width - len(it.log_rewards)) for it in items])

@@ -1,0 +1,99 @@
+"""The rollout engine's fast paths against slow, obviously-correct computations (fp32, tiny model)."""
+import pytest
+import torch
+
+from methods.engine.engine import Engine
+from methods.engine.rollout import Trajectories
+from tasks.arithmetic import ArithmeticTask, Config
+
+
+@pytest.fixture
+def setup(tiny_policy):
+    task = ArithmeticTask(Config(n_train=20, n_valid=5, n_test=5, max_actions=12), None)
+    engine = Engine(tiny_policy, task, batch_size=8)
+    with torch.no_grad():  # a random LoRA update, so that policy and base differ
+        for p in tiny_policy.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return engine, task
+
+
+def tool_trajectories(engine, task):
+    """Sampled rows plus demonstrations, so that tool tokens certainly occur."""
+    examples = task.train_examples()[:3] + task.demonstrations()[:3]
+    sampled = engine.sample(examples[:3], [1.5] * 3, torch.Generator().manual_seed(0))
+    demos = engine.demonstrations(examples[3:])
+    demos.example_idx = [3, 4, 5]
+    return Trajectories.concat([sampled, demos]), examples
+
+
+def slow_log_reward(engine, ex, tokens, end):
+    """log p(s, Y | reward prompt) by one separate forward pass for one state."""
+    prompt, y = engine.reward_prompt_ids(ex), engine.observation_ids(ex)
+    ids = torch.tensor([prompt + tokens[:end] + y])
+    with engine.policy.base():
+        logp = engine.policy.model(input_ids=ids).logits[0].float().log_softmax(-1)
+    targets = ids[0, len(prompt):]
+    return logp[len(prompt) - 1:-1].gather(-1, targets.unsqueeze(-1)).sum().item()
+
+
+def test_per_prefix_reward_matches_one_pass_per_prefix(setup):
+    engine, task = setup
+    traj, examples = tool_trajectories(engine, task)
+    assert not all(all(a) for a in traj.is_action), "the toy needs tool tokens"
+    fast = engine.log_reward(traj, examples, per_prefix=True)
+    final = engine.log_reward(traj, examples, per_prefix=False)
+    worst = 0.0
+    for b, ends in enumerate(traj.state_ends()):
+        ex = examples[traj.example_idx[b]]
+        for k, end in enumerate(ends):
+            worst = max(worst, abs(fast[b, k].item() - slow_log_reward(engine, ex, traj.tokens[b], end)))
+        assert final[b].item() == pytest.approx(fast[b, len(ends) - 1].item(), abs=1e-4)
+    assert worst <= 1e-4
+
+
+def test_teacher_forced_scores_match_step_by_step_scoring(setup):
+    engine, task = setup
+    traj, _ = tool_trajectories(engine, task)
+    scores = engine.score(traj)
+    rules = engine.rules
+    for b in range(len(traj)):
+        prompt, tokens = traj.prompt_ids[b], traj.tokens[b]
+        actions = [(i, t) for i, (t, a) in enumerate(zip(tokens, traj.is_action[b])) if a]
+        for k, (i, tok) in enumerate(actions):  # log q(a_{k+1} | s_k), context = prompt + tokens before it
+            with torch.no_grad():
+                logits = engine.policy.model(input_ids=torch.tensor([prompt + tokens[:i]])).logits[0, -1]
+            logp = rules.logprobs(logits, torch.tensor(k))
+            assert scores.action_logp[b, k].item() == pytest.approx(logp[tok].item(), abs=1e-4)
+            assert scores.term_logp[b, k].item() == pytest.approx(rules.termination_logprob(logp).item(), abs=1e-4)
+        assert int(scores.state_mask[b].sum()) == len(actions) + 1
+
+
+def test_tool_tokens_are_environment_not_actions(setup):
+    engine, task = setup
+    demo = engine.demonstrations(task.demonstrations()[:1])
+    text = engine.texts(demo)[0]
+    assert text == task.demonstrations()[0].rationale
+    tool_text = engine.tokenizer.decode([t for t, a in zip(demo.tokens[0], demo.is_action[0]) if not a])
+    pieces = [t for t, is_tool in task.segments(text) if is_tool]
+    assert tool_text == "".join(pieces)
+
+
+def test_sampling_respects_the_tasks_action_space(setup):
+    engine, task = setup
+    traj = engine.sample(task.train_examples()[:6], [2.0] * 6, torch.Generator().manual_seed(1))
+    for tokens, acts, n in zip(traj.tokens, traj.is_action, traj.n_actions):
+        assert n <= task.max_actions
+        assert all(engine.rules.allowed[t] for t, a in zip(tokens, acts) if a)
+    for text in engine.texts(traj):
+        assert set(text) <= set(task.allowed_chars)
+    inserted = 0
+    for tokens, acts in zip(traj.tokens, traj.is_action):  # the tool answered every call, right after it
+        for i, (tok, is_action) in enumerate(zip(tokens, acts)):
+            if not is_action:
+                continue
+            result = task.tool(engine.tokenizer.decode(tokens[:i + 1]))
+            if result is not None and i + 1 < len(tokens):
+                n = len(engine.tokenizer(result, add_special_tokens=False).input_ids)
+                assert not any(acts[i + 1:i + 1 + n])
+                assert engine.tokenizer.decode(tokens[i + 1:i + 1 + n]) == result
+                inserted += 1
