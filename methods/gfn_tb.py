@@ -100,18 +100,20 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     pool = ctx.task.demonstrations() + ctx.task.train_examples()
     queries = QuerySampler(pool, ctx.seed)
     buffer = ReplayBuffer(cfg.buffer_size)
-    if cfg.seed_buffer:
-        demos = [ex for ex in ctx.task.demonstrations() if ex.rationale]
-        if demos:
-            traj = engine.demonstrations(demos)
-            rewards = engine.log_reward(traj, demos, per_prefix=per_prefix)
-            for row, ex in enumerate(demos):
-                buffer.add(ex.query, traj.select([row]), rewards[row:row + 1])
+    # Worked rationales enter the buffer when their query is first drawn: scoring all of them up
+    # front would cost a reward pass over every demonstration before the first step.
+    unseeded = {ex.query: ex for ex in ctx.task.demonstrations() if ex.rationale} if cfg.seed_buffer else {}
 
     k = budget.samples_per_prompt
     for step in range(budget.steps):
         temp_r = cfg.reward_temperature(step)
         batch = queries.draw(budget.batch_prompts)
+        demos = [unseeded.pop(ex.query) for ex in batch if ex.query in unseeded]
+        if demos:
+            traj = engine.demonstrations(demos)
+            rewards = engine.log_reward(traj, demos, per_prefix=per_prefix)
+            for row, ex in enumerate(demos):
+                buffer.add(ex.query, traj.select([row]), rewards[row:row + 1])
         # Behaviour policy per query: replay, tempered or on-policy; rows of one query stay together.
         to_sample, temps, replays = [], [], []
         for ex in batch:

