@@ -50,6 +50,15 @@ def reward_row(prompt: list[int], tokens: list[int], state_ends: list[int], y: l
     return row
 
 
+def shared_prefix(prompts: list[list[int]]) -> list[int]:
+    """The longest common prefix of the prompts, short of each prompt's last token."""
+    limit = min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return prompts[0][:n]
+
+
 def log_reward(model, pad_id: int, reward_prompt_ids: list[list[int]], y_ids: list[list[int]],
                traj: Trajectories, *, per_prefix: bool = True) -> torch.Tensor:
     """log p(s_k, Y | reward prompt) for every state (per_prefix) or the final state only.
@@ -58,8 +67,13 @@ def log_reward(model, pad_id: int, reward_prompt_ids: list[list[int]], y_ids: li
     """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    # The prompt prefix every row shares (few-shot demonstrations) is run once and its KV cache
+    # reused by every row; at least one prompt token per row stays outside it, because that
+    # token's logits predict the first sample token.
+    shared = shared_prefix(reward_prompt_ids)
+    prompts = [p[len(shared):] for p in reward_prompt_ids]
     ends = [e if per_prefix else e[-1:] for e in traj.state_ends()]
-    rows = [reward_row(reward_prompt_ids[b], traj.tokens[b], ends[b], y_ids[b]) for b in range(len(traj))]
+    rows = [reward_row(prompts[b], traj.tokens[b], ends[b], y_ids[b]) for b in range(len(traj))]
     width = max(len(r.ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
@@ -74,11 +88,17 @@ def log_reward(model, pad_id: int, reward_prompt_ids: list[list[int]], y_ids: li
             q = torch.arange(c, n).unsqueeze(1)
             ce, own = torch.tensor(r.context_end).unsqueeze(1), torch.tensor(r.own_start).unsqueeze(1)
             allow[b, c:n] = (keys < ce) | ((keys >= own) & (keys <= q))
+    cache = None
+    if shared:
+        cache = model(input_ids=torch.tensor([shared], device=device), use_cache=True).cache
+        cache.batch_repeat_interleave(len(rows))
+        allow = torch.cat([torch.ones((len(rows), width, len(shared)), dtype=torch.bool), allow], -1)
+        pos += len(shared)
     mask = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
-    # The reward prompt (often few-shot) needs no logits: keep them from the shortest prompt's end on.
-    first = min(len(p) for p in reward_prompt_ids) - 1
+    # The rest of the prompt needs no logits either: keep them from the shortest prompt's end on.
+    first = min(len(p) for p in prompts) - 1
     out = model(input_ids=ids.to(device), attention_mask=mask.unsqueeze(1).to(device), position_ids=pos.to(device),
-                logits_to_keep=width - first)
+                cache=cache, logits_to_keep=width - first)
     logits = out.logits.float()
     lse = logits.logsumexp(-1)
 
@@ -89,7 +109,7 @@ def log_reward(model, pad_id: int, reward_prompt_ids: list[list[int]], y_ids: li
     n_states = max(len(e) for e in ends)
     result = torch.zeros((len(rows), n_states), device=device)
     for b, r in enumerate(rows):
-        start = len(reward_prompt_ids[b])
+        start = len(prompts[b])
         gen = logp_at(b, list(range(start - 1, r.context_len - 1)), traj.tokens[b]) if traj.tokens[b] else torch.zeros(0, device=device)
         cum = torch.cat([torch.zeros(1, device=device), gen.cumsum(0)])  # log p of the first e sample tokens
         y = torch.zeros(len(ends[b]), device=device).index_add_(0, torch.tensor(r.y_state, device=device), logp_at(b, r.y_at, r.y_token))
