@@ -97,3 +97,28 @@ def test_sampling_respects_the_tasks_action_space(setup):
                 assert not any(acts[i + 1:i + 1 + n])
                 assert engine.tokenizer.decode(tokens[i + 1:i + 1 + n]) == result
                 inserted += 1
+
+
+def test_cached_batched_sampling_matches_a_slow_greedy_loop(setup):
+    """Near-zero temperature makes sampling greedy; the KV-cached batch, whose rows finish and
+    leave at different steps, must then give what one full forward pass per token gives."""
+    engine, task = setup
+    examples = task.train_examples()[:4]
+    traj = engine.sample(examples, [1e-4] * 4, torch.Generator().manual_seed(0))
+    rules, tok = engine.rules, engine.tokenizer
+    for b, ex in enumerate(examples):
+        prompt, tokens, acts = engine.prompt_ids(ex), [], []
+        while sum(acts) < task.max_actions:
+            with torch.no_grad():
+                logits = engine.policy.model(input_ids=torch.tensor([prompt + tokens])).logits[0, -1]
+            choice = int(rules.logprobs(logits, torch.tensor(sum(acts))).argmax())
+            if rules.terminators[choice]:
+                break
+            tokens.append(choice)
+            acts.append(True)
+            inserted = task.tool(tok.decode(tokens))
+            if inserted:
+                ids = tok(inserted, add_special_tokens=False).input_ids
+                tokens += ids
+                acts += [False] * len(ids)
+        assert traj.tokens[b] == tokens and traj.is_action[b] == acts

@@ -139,9 +139,10 @@ def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[lis
            example_idx: list[int], temperature: list[float], generator: torch.Generator | None = None) -> Trajectories:
     """Sample one trajectory per prompt with a KV cache, the task's tool in the loop.
 
-    Every row advances one token per forward pass: a row either samples an action or consumes
+    Every live row advances one token per forward pass: it either samples an action or consumes
     the next pending tool token, so the batch's cache stays aligned without re-padding (the
-    reference code dropped the whole batch's cache at every tool call).
+    reference code dropped the whole batch's cache at every tool call). Finished rows leave the
+    batch and its cache at once.
     """
     device = next(model.parameters()).device
     batch = len(prompt_ids)
@@ -154,38 +155,43 @@ def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[lis
     tokens: list[list[int]] = [[] for _ in range(batch)]
     is_action: list[list[bool]] = [[] for _ in range(batch)]
     pending: list[list[int]] = [[] for _ in range(batch)]  # tool tokens waiting to be inserted
-    n_actions = torch.zeros(batch, dtype=torch.long, device=device)
-    terminator_ids = set(rules.terminators.nonzero().flatten().tolist())
-    done = [False] * batch
+    n_actions = [0] * batch
     terminated = [False] * batch
-    while not all(done):
-        probs = rules.logprobs(logits, n_actions, temps).exp()
+    terminator_ids = set(rules.terminators.nonzero().flatten().tolist())
+    live = list(range(batch))  # rows still sampling, in the order of the cache's batch dimension
+    while live:
+        counts = torch.tensor([n_actions[i] for i in live], device=device)
+        probs = rules.logprobs(logits, counts, temps).exp()
         drawn = torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()
-        step = []
-        for i in range(batch):
-            if done[i]:
-                step.append(tokenizer.pad_token_id)
-            elif pending[i]:
-                step.append(pending[i].pop(0))
-                tokens[i].append(step[-1])
+        step, keep = [], []
+        for j, i in enumerate(live):
+            if pending[i]:
+                tok = pending[i].pop(0)
+                tokens[i].append(tok)
                 is_action[i].append(False)
-            elif drawn[i] in terminator_ids:
-                done[i] = terminated[i] = True
-                step.append(tokenizer.pad_token_id)
+            elif drawn[j] in terminator_ids:
+                terminated[i] = True
+                continue
             else:
-                step.append(drawn[i])
-                tokens[i].append(drawn[i])
+                tok = drawn[j]
+                tokens[i].append(tok)
                 is_action[i].append(True)
                 n_actions[i] += 1
                 inserted = task.tool(tokenizer.decode(tokens[i]))
                 if inserted:
                     pending[i] = tokenizer(inserted, add_special_tokens=False).input_ids
-            if not done[i] and not pending[i] and n_actions[i] >= rules.max_actions:
-                done[i] = True  # truncated: the policy never chose ⊤
-        if all(done):
+            if not pending[i] and n_actions[i] >= rules.max_actions:
+                continue  # truncated: the policy never chose ⊤
+            step.append(tok)
+            keep.append(j)
+        if not keep:
             break
-        # Finished rows are fed a masked pad so the batch stays aligned; nothing reads their logits.
-        mask = torch.cat([mask, torch.tensor([[0 if d else 1] for d in done], device=device)], 1)
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, last_pos, temps = mask[index], last_pos[index], temps[index]
+            live = [live[j] for j in keep]
+        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], 1)
         last_pos = last_pos + 1
         out = model(input_ids=torch.tensor(step, device=device).unsqueeze(-1), attention_mask=mask,
                     position_ids=last_pos.unsqueeze(-1), cache=cache, use_cache=True)
