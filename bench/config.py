@@ -1,0 +1,324 @@
+"""The run configuration and its `key=value` overrides (Hydra-style, without Hydra).
+
+A run is described by `RunConfig`: the dataclass defaults, then layers of overrides applied in
+order (scale preset < sweep YAML < command line < Optuna suggestions; see `build_config`). Keys are
+dotted paths (`train.steps`, `model.lora.r`); `task.*` and `method.*` address the Config dataclass
+of the selected task and method. Values are parsed by the field's type, and every mistake is a
+`ConfigError` whose message is one line naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from bench.scales import SCALES
+from methods import METHODS, method_module
+from methods.base import TrainConfig
+from methods.engine.models import DTYPES, PRESETS, ModelConfig
+from tasks import TASKS, task_class
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SWEEPS_DIR = REPO_ROOT / "sweeps"
+LAUNCHERS: dict[str, str] = {
+    "local": "each trial in its own subprocess on this machine (submitit cluster='local')",
+    "debug": "trials in this process, one after the other (submitit cluster='debug'); a failing run opens pdb",
+}
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line that names the key or file."""
+
+
+def _default_data_dir() -> str | None:
+    shared = REPO_ROOT.parent / "shared" / "data"
+    return str(shared) if shared.is_dir() else None
+
+
+def _no_config() -> Any:
+    return None  # filled in by RunConfig.__post_init__ from the selected task or method
+
+
+@dataclass
+class RunConfig:
+    """One training run (`key=value` on the command line)."""
+
+    task: str = field(default="arithmetic", metadata={
+        "help": "task to learn; its options are `task.<field>=...`"})
+    method: str = field(default="gfn_tb", metadata={
+        "help": "fine-tuning method; its options are `method.<field>=...`"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={
+        "help": "policy LM, whose frozen base is also the reward LM (`model=tiny` picks a preset)"})
+    seed: int = field(default=0, metadata={"help": "seed of python, numpy and torch for the run"})
+    scale: str = field(default="auto", metadata={
+        "help": "budget preset: smoke | cpu | paper | auto (cpu without a GPU, paper with one)"})
+    launcher: str = field(default="local", metadata={
+        "help": "how a sweep runs its trials: " + " | ".join(LAUNCHERS)})
+    max_parallel: int = field(default=1, metadata={
+        "help": "trials of a sweep that run at once (each loads its own model)"})
+    threads: int = field(default=0, metadata={
+        "help": "torch CPU threads per run (0: torch's default, one per core); 1 suits max_parallel > 1 "
+                "and busy machines, where threads waiting on each other slow small models many times"})
+    trial_timeout_min: int = field(default=24 * 60, metadata={
+        "help": "time limit of each sweep job, in minutes (submitit's local default is 2)"})
+    sweep: str | None = field(default=None, metadata={
+        "help": "run the sweep sweeps/<name>.yaml instead of a single run"})
+    data_dir: str | None = field(default_factory=_default_data_dir, metadata={
+        "help": "folder of task data files (default: ../shared/data next to the repo, if it exists)"})
+    run_dir: str = field(default="runs", metadata={
+        "help": "folder for Optuna studies, submitit logs and the default MLflow store"})
+    results_dir: str = field(default="results", metadata={
+        "help": "folder where sweeps write results/<sweep>/leaderboard.md"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={
+        "help": "training budget and evaluation protocol, shared by all methods"})
+    task_cfg: Any = field(default_factory=_no_config, metadata={
+        "help": "the selected task's Config (set through `task.<field>=...`)", "group": "task"})
+    method_cfg: Any = field(default_factory=_no_config, metadata={
+        "help": "the selected method's Config (set through `method.<field>=...`)", "group": "method"})
+
+    def __post_init__(self) -> None:
+        if self.task_cfg is None:
+            self.task_cfg = task_class(self.task).Config()
+        if self.method_cfg is None:
+            self.method_cfg = method_module(self.method).Config()
+
+
+# --- types ----------------------------------------------------------------------------------
+
+
+def _optional_inner(tp: Any) -> Any | None:
+    """X for `X | None` (or Optional[X]); None for any other type."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0]
+    return None
+
+
+def type_name(tp: Any) -> str:
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return f"{type_name(inner)} or null"
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp) or (str,)
+        return f"list of {type_name(item)}"
+    if typing.get_origin(tp) is typing.Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parse_text(text: str, tp: Any) -> Any:
+    """A command-line string as a value of type `tp`; ValueError if it is not one."""
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return None if text in ("null", "None", "~") else _parse_text(text, inner)
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp) or (str,)
+        body = text.strip()
+        if not (body.startswith("[") and body.endswith("]")):
+            raise ValueError
+        parts = [p.strip() for p in body[1:-1].split(",")]
+        return [] if parts == [""] else [_parse_text(p, item) for p in parts]
+    if typing.get_origin(tp) is typing.Literal:
+        choices = {str(c): c for c in typing.get_args(tp)}
+        return choices[text]
+    if tp is bool:
+        lowered = text.lower()
+        if lowered not in ("true", "false"):
+            raise ValueError
+        return lowered == "true"
+    if tp is int:
+        return int(text)
+    if tp is float:
+        return float(text)
+    if tp is str:
+        # Quotes let a value keep a leading/trailing space or look like null: name='null'.
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return text[1:-1]
+        return text
+    raise TypeError(f"unsupported field type {tp!r}")
+
+
+def _check_value(value: Any, tp: Any) -> Any:
+    """A YAML or Python value checked (and, for int -> float, converted) against `tp`."""
+    if isinstance(value, str) and tp is not str:
+        # PyYAML reads `1e-4` (no dot) as a string, so strings get the command-line parser.
+        return _parse_text(value, tp)
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return None if value is None else _check_value(value, inner)
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp) or (str,)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError
+        return [_check_value(v, item) for v in value]
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and type(value) is tp:
+        return value
+    raise ValueError
+
+
+def convert(key: str, value: Any, tp: Any) -> Any:
+    try:
+        return _check_value(value, tp)
+    except (ValueError, KeyError):
+        raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}") from None
+
+
+# --- the key space ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a dotted key lives: attribute `name` of `owner`, with its type and help."""
+
+    owner: Any
+    name: str
+    type: Any
+    help: str
+
+
+def _slots(obj: Any, prefix: str, out: dict[str, Slot]) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if "group" in f.metadata:
+            _slots(value, f.metadata["group"] + ".", out)
+        elif dataclasses.is_dataclass(value):
+            _slots(value, f"{prefix}{f.name}.", out)
+        else:
+            out[prefix + f.name] = Slot(obj, f.name, hints[f.name], f.metadata.get("help", ""))
+
+
+def slots(cfg: RunConfig) -> dict[str, Slot]:
+    """Every settable key of `cfg` (for its selected task and method) -> its slot."""
+    out: dict[str, Slot] = {}
+    _slots(cfg, "", out)
+    return out
+
+
+def _unknown_key(key: str, known: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see python -m bench.run --help"
+    return ConfigError(f"unknown key '{key}'{hint}")
+
+
+# --- overrides ------------------------------------------------------------------------------
+
+Layer = tuple[str | None, Mapping[str, Any]]
+"""(where the overrides come from, e.g. 'sweeps/smoke.yaml: base', or None for the command line;
+key -> value). Values are strings from the command line or typed values from YAML and Optuna."""
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, str]:
+    """`["a.b=1", "c=x"]` -> `{"a.b": "1", "c": "x"}` (a repeated key: the last one wins)."""
+    out: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {arg!r}")
+        out[key.strip()] = value
+    return out
+
+
+def check_choice(kind: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(choices)}")
+    return value
+
+
+def sweep_names() -> list[str]:
+    return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+
+
+def resolve_scale(scale: str) -> str:
+    """`auto` -> cpu without a GPU, paper with one."""
+    if scale != "auto":
+        return scale
+    return "paper" if torch.cuda.is_available() else "cpu"
+
+
+def build_config(layers: Sequence[Layer]) -> RunConfig:
+    """The RunConfig for the dataclass defaults, the scale preset and `layers` (lowest first).
+
+    Group choices (`task`, `method`) and the scale are decided first, over all layers, because
+    they decide which keys exist and which preset sits under the layers.
+    """
+    chosen = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in ("task", "method", "scale")}
+    for _, overrides in layers:
+        for key in chosen:
+            if key in overrides:
+                chosen[key] = overrides[key]
+    check_choice("task", chosen["task"], sorted(TASKS))
+    check_choice("method", chosen["method"], sorted(METHODS))
+    check_choice("scale", chosen["scale"], [*SCALES, "auto"])
+    scale = resolve_scale(chosen["scale"])
+
+    cfg = RunConfig(task=chosen["task"], method=chosen["method"], scale=scale)
+    known = slots(cfg)
+    for source, overrides in [(f"scale {scale}", SCALES[scale]), *layers]:
+        for key, value in overrides.items():
+            if key in chosen:
+                continue
+            try:
+                _set(known, "model.preset" if key == "model" else key, value)
+            except ConfigError as err:
+                raise ConfigError(f"{source}: {err}" if source else str(err)) from None
+    check_choice("model preset", cfg.model.preset, list(PRESETS))
+    check_choice("model dtype", cfg.model.dtype, list(DTYPES))
+    check_choice("launcher", cfg.launcher, list(LAUNCHERS))
+    if cfg.sweep is not None:
+        check_choice("sweep", cfg.sweep, sweep_names())
+    for key in ("max_parallel", "trial_timeout_min"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: expected at least 1, got {getattr(cfg, key)}")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads: expected 0 (torch's default) or more, got {cfg.threads}")
+    # Absolute, so that trial subprocesses and the printed commands do not depend on the cwd.
+    cfg.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
+    cfg.results_dir = str(Path(cfg.results_dir).expanduser().resolve())
+    return cfg
+
+
+def check_task(cfg: RunConfig) -> None:
+    """Build the task once, so that a bad `task.*` value or a missing data file is reported
+    before a run or a sweep starts writing anything."""
+    try:
+        task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
+    except (ValueError, OSError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def _set(known: dict[str, Slot], key: str, value: Any) -> None:
+    slot = known.get(key)
+    if slot is None:
+        raise _unknown_key(key, [*known, "model"])
+    setattr(slot.owner, slot.name, convert(key, value, slot.type))
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """Every setting as `key -> value` (group choices included): MLflow params, fingerprints."""
+    return {key: getattr(s.owner, s.name) for key, s in slots(cfg).items()}
+
+
+# --- help -----------------------------------------------------------------------------------
+
+
+def describe(known: Mapping[str, Slot]) -> list[str]:
+    """`  key  type = default  help`, aligned, for each key."""
+    rows = [(key, f"{type_name(s.type)} = {getattr(s.owner, s.name)!r}", s.help)
+            for key, s in known.items()]
+    width_key = max(len(r[0]) for r in rows)
+    width_type = max(len(r[1]) for r in rows)
+    return [f"  {k:<{width_key}}  {t:<{width_type}}  {h}" for k, t, h in rows]

@@ -1,0 +1,118 @@
+"""Command line: `python -m bench.run [sweep=NAME] [key=value ...]`; `--help` lists everything.
+
+Without `sweep=`, one run trains in this process and prints its metrics. With it, the sweep's
+trials and final runs go through submitit (see bench/sweep.py). Every setting is checked before
+anything is written: a mistake prints one `error: ...` line and exits with status 2.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from bench import sweep as sweeps
+from bench import tracking
+from bench.config import (LAUNCHERS, ConfigError, RunConfig, build_config, check_task, describe,
+                          parse_overrides, slots)
+from bench.scales import DESCRIPTIONS as SCALE_DESCRIPTIONS
+from bench.scales import SCALES
+from bench.trial import run_trial
+from methods import METHODS
+from methods.engine.models import PRESETS, ModelError
+from tasks import TASKS
+
+USAGE = """\
+usage: python -m bench.run [key=value ...]              one run, in this process
+       python -m bench.run sweep=NAME [key=value ...]   tune each method, then re-run the best over seeds
+       python -m bench.run --help [method=NAME] [task=NAME]
+       python -m bench.report sweep=NAME                rebuild a sweep's leaderboard from MLflow
+
+Overrides apply in this order: dataclass defaults < scale preset < sweep YAML < command line.
+Values: 3, 3e-4, true/false, text, null, [a,b]. `model=tiny` is short for `model.preset=tiny`."""
+
+
+def _first_line(module_path: str) -> str:
+    doc = importlib.import_module(module_path).__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _listing(title: str, entries: dict[str, str]) -> list[str]:
+    width = max(map(len, entries))
+    return [title, *(f"  {name:<{width}}  {text}" for name, text in entries.items()), ""]
+
+
+def help_text(cfg: RunConfig) -> str:
+    known = slots(cfg)
+    groups = {
+        f"run settings (values shown include scale={cfg.scale} and the overrides given)":
+            {k: s for k, s in known.items() if "." not in k},
+        "train.* (budget and evaluation; scale presets change these defaults)":
+            {k: s for k, s in known.items() if k.startswith("train.")},
+        "model.*": {k: s for k, s in known.items() if k.startswith("model.")},
+        f"task.* (task={cfg.task})": {k: s for k, s in known.items() if k.startswith("task.")},
+        f"method.* (method={cfg.method}; `--help method=NAME` shows another)":
+            {k: s for k, s in known.items() if k.startswith("method.")},
+    }
+    scales = {name: f"{SCALE_DESCRIPTIONS[name]}: " + ", ".join(f"{k}={v}" for k, v in preset.items())
+              for name, preset in SCALES.items()} | {"auto": SCALE_DESCRIPTIONS["auto"]}
+    lines = [USAGE, ""]
+    lines += _listing("sweeps (sweep=NAME, from sweeps/NAME.yaml):", sweeps.sweep_descriptions())
+    lines += _listing("methods (method=NAME):",
+                      {name: _first_line(path) for name, path in METHODS.items()})
+    lines += _listing("tasks (task=NAME):",
+                      {name: _first_line(path.split(":")[0]) for name, path in TASKS.items()})
+    lines += _listing("model presets (model=NAME):", PRESETS)
+    lines += _listing("scales (scale=NAME):", scales)
+    lines += _listing("launchers (launcher=NAME):", LAUNCHERS)
+    for title, group in groups.items():
+        if group:
+            lines += [f"{title}:", *describe(group), ""]
+    return "\n".join(lines)
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    """`split/metric` values as a grid (one row per split), then the other values."""
+    grid: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if "/" in key:
+            split, name = key.split("/", 1)
+            grid.setdefault(split, {})[name] = value
+    names = list(dict.fromkeys(name for row in grid.values() for name in row))
+    width = max(map(len, grid), default=0)
+    print(f"  {'':<{width}}  " + "  ".join(f"{name:>12}" for name in names))
+    for split, row in grid.items():
+        print(f"  {split:<{width}}  " + "  ".join(f"{row[n]:>12.4g}" if n in row else f"{'':>12}" for n in names))
+    print("  " + ", ".join(f"{key} {value:.1f}" for key, value in metrics.items() if "/" not in key))
+
+
+def main(argv: list[str]) -> int:
+    wants_help = any(arg in ("-h", "--help") for arg in argv)
+    args = [arg for arg in argv if arg not in ("-h", "--help")]
+    try:
+        overrides = parse_overrides(args)
+        if wants_help:
+            print(help_text(build_config([(None, overrides)])))
+            return 0
+        if "sweep" in overrides:
+            plan = sweeps.plan_sweep(overrides)
+        else:
+            cfg = build_config([(None, overrides)])
+            check_task(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if "sweep" in overrides:
+        return sweeps.run_sweep(plan)
+    try:
+        metrics = run_trial(cfg, stage="single")
+    except ModelError as err:  # already one actionable line; the run is recorded as FAILED
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"\n{cfg.method} on {cfg.task} (seed {cfg.seed}, scale {cfg.scale}):")
+    _print_metrics(metrics)
+    print(f"\nruns: {tracking.ui_hint(tracking.tracking_uri(cfg.run_dir))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,555 @@
+"""Sweeps: tune each method with Optuna, then re-run each method's best configuration over seeds.
+
+A sweep is `sweeps/<name>.yaml`:
+
+    description: one line, shown by --help
+    base: {task: arithmetic, model: tiny, scale: smoke}    # overrides for every run
+    objective: {metric: valid/accuracy, direction: maximize}
+    methods:
+      gfn_tb:
+        trials: 2                                         # or per scale: {cpu: 2, paper: 20}
+        fixed: {method.loss: tb}                          # overrides for this method's runs
+        search:                                           # Optuna search space
+          method.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
+          method.loss: {type: categorical, choices: [tb, subtb, vargrad]}
+          train.batch_prompts: {type: int, low: 2, high: 8, step: 2}
+    final:
+      seeds: [0, 1]                                       # or per scale: {cpu: [0, 1], paper: [0, 1, 2]}
+
+Layers, lowest first: scale preset < `base` < the method's `fixed` < command line < suggestions.
+`method=NAME` on the command line runs only that method of the sweep.
+
+Each method has its own study `<sweep>.<method>`, kept in `<run_dir>/<sweep>/optuna.journal`, so
+a second invocation resumes it: finished trials count towards `trials`, trials cut off by a stop
+are closed as failed and run again, and the finals are re-run. One driver per sweep folder at a
+time. Trials and final runs are submitit jobs; their MLflow runs are children of one parent run
+per invocation.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import mlflow
+import optuna
+import submitit
+import yaml
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from bench import report, tracking
+from bench.config import (SWEEPS_DIR, ConfigError, Layer, RunConfig, build_config, check_choice,
+                          check_task, convert, flatten, resolve_scale, slots, sweep_names)
+from bench.scales import SCALES
+from bench.trial import run_trial
+from methods import METHODS
+from methods.engine.metrics import METRICS
+
+# Settings of the whole sweep, which `base` or the command line may set but a method may not.
+SWEEP_WIDE = {"sweep", "scale", "launcher", "max_parallel", "threads", "run_dir", "results_dir",
+              "data_dir", "trial_timeout_min"}
+# Settings that change how a sweep executes, not what its runs compute (left out of the check
+# that a resumed study still describes the same experiment).
+EXECUTION_ONLY = SWEEP_WIDE - {"scale"}
+
+
+# --- the YAML file --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    key: str
+    type: str  # float | int | categorical
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.key, self.low, self.high, log=self.log, step=self.step or 1)
+        return trial.suggest_categorical(self.key, list(self.choices))
+
+    def examples(self) -> list[Any]:
+        """Values covering the space's edges, to type-check it against the config."""
+        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    trials: int | dict[str, int]
+    fixed: dict[str, Any]
+    search: tuple[SearchParam, ...]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    path: Path
+    description: str
+    base: dict[str, Any]
+    metric: str
+    direction: str
+    methods: dict[str, MethodSpec]
+    seeds: list[int] | dict[str, list[int]]
+
+
+class _Reader:
+    """Checks one part of the YAML file; errors name the file and the path inside it."""
+
+    def __init__(self, path: Path):
+        self.label = f"sweeps/{path.name}"
+
+    def error(self, where: str, why: str) -> ConfigError:
+        return ConfigError(f"{self.label}: {where}: {why}" if where else f"{self.label}: {why}")
+
+    def mapping(self, value: Any, where: str, allowed: set[str] | None = None,
+                required: set[str] = frozenset()) -> dict[str, Any]:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(where, f"expected a mapping, got {value!r}")
+        for key in value:
+            if allowed is not None and key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(sorted(allowed))}"
+                raise self.error(where, f"unknown key '{key}'{hint}")
+        missing = sorted(required - set(value))
+        if missing:
+            raise self.error(where, f"missing {', '.join(missing)}")
+        return {str(key): item for key, item in value.items()}
+
+    def by_scale(self, value: Any, where: str, check: Callable[[Any], bool], what: str) -> Any:
+        """A value, or a mapping scale -> value."""
+        if isinstance(value, dict):
+            for scale, item in self.mapping(value, where, set(SCALES)).items():
+                if not check(item):
+                    raise self.error(f"{where}.{scale}", f"expected {what}, got {item!r}")
+            return value
+        if not check(value):
+            raise self.error(where, f"expected {what} (or a mapping scale -> {what}), got {value!r}")
+        return value
+
+    def search_param(self, key: str, value: Any, where: str) -> SearchParam:
+        spec = self.mapping(value, where, {"type", "low", "high", "log", "step", "choices"}, {"type"})
+        kind = spec["type"]
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if set(spec) != {"type", "choices"} or not isinstance(choices, list) or not choices:
+                raise self.error(where, "a categorical parameter takes only a non-empty list 'choices'")
+            return SearchParam(key, kind, choices=tuple(choices))
+        if kind not in ("float", "int"):
+            raise self.error(where, f"type must be float, int or categorical, got {kind!r}")
+        if "choices" in spec or "low" not in spec or "high" not in spec:
+            raise self.error(where, f"a {kind} parameter takes low, high and optionally log, step")
+        number = float if kind == "float" else int
+        try:
+            low, high = convert("low", spec["low"], number), convert("high", spec["high"], number)
+            step = None if spec.get("step") is None else convert("step", spec["step"], number)
+            log = convert("log", spec.get("log", False), bool)
+        except ConfigError as err:
+            raise self.error(where, str(err)) from None
+        if not low < high:
+            raise self.error(where, f"low ({low}) must be below high ({high})")
+        if log and (low <= 0 or step is not None):
+            raise self.error(where, "log: true needs low > 0 and no step")
+        return SearchParam(key, kind, low, high, log, step)
+
+
+def sweep_path(name: str) -> Path:
+    return SWEEPS_DIR / f"{name}.yaml"
+
+
+def sweep_descriptions() -> dict[str, str]:
+    """name -> description, for --help (a broken file shows its error instead)."""
+    out = {}
+    for name in sweep_names():
+        try:
+            out[name] = load_spec(name).description
+        except ConfigError as err:
+            out[name] = f"(invalid: {err})"
+    return out
+
+
+def load_spec(name: str) -> SweepSpec:
+    check_choice("sweep", name, sweep_names())
+    path = sweep_path(name)
+    read = _Reader(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise read.error("", f"invalid YAML: {' '.join(str(err).split())}") from None
+    top = read.mapping(raw, "", {"description", "base", "objective", "methods", "final"},
+                       {"description", "objective", "methods", "final"})
+    if not isinstance(top["description"], str) or not top["description"].strip():
+        raise read.error("description", "expected one line of text")
+    base = read.mapping(top.get("base"), "base")
+    for key in ("method", "sweep"):
+        if key in base:
+            raise read.error("base", f"'{key}' cannot be set here (list methods under 'methods')")
+
+    objective = read.mapping(top["objective"], "objective", {"metric", "direction"}, {"metric"})
+    metric = objective["metric"]
+    metric_name = str(metric).removeprefix("valid/")
+    if not str(metric).startswith("valid/") or metric_name not in METRICS:
+        raise read.error("objective.metric", f"expected valid/<metric> with <metric> one of "
+                                             f"{', '.join(METRICS)}; got {metric!r} (trials see no test split)")
+    higher = METRICS[metric_name].higher_is_better
+    direction = objective.get("direction", "maximize" if higher else "minimize")
+    if direction not in ("maximize", "minimize"):
+        raise read.error("objective.direction", f"expected maximize or minimize, got {direction!r}")
+
+    methods = {}
+    for method, value in read.mapping(top["methods"], "methods").items():
+        where = f"methods.{method}"
+        if method not in METHODS:
+            raise read.error(where, f"unknown method '{method}'; choose one of: {', '.join(sorted(METHODS))}")
+        spec = read.mapping(value, where, {"trials", "fixed", "search"}, {"trials"})
+        trials = read.by_scale(spec["trials"], f"{where}.trials",
+                               lambda n: type(n) is int and n >= 1, "a positive integer")
+        fixed = read.mapping(spec.get("fixed"), f"{where}.fixed")
+        search = read.mapping(spec.get("search"), f"{where}.search")
+        for key in [*fixed, *search]:
+            if key in SWEEP_WIDE or key == "method":
+                raise read.error(where, f"'{key}' is a setting of the whole sweep, not of one method")
+        params = tuple(read.search_param(key, item, f"{where}.search.{key}") for key, item in search.items())
+        methods[method] = MethodSpec(method, trials, fixed, params)
+    if not methods:
+        raise read.error("methods", "list at least one method")
+
+    final = read.mapping(top["final"], "final", {"seeds"}, {"seeds"})
+    seeds = read.by_scale(final["seeds"], "final.seeds",
+                          lambda s: isinstance(s, list) and s and all(type(x) is int for x in s),
+                          "a non-empty list of integer seeds")
+    return SweepSpec(name, path, top["description"].strip(), base, metric, direction, methods, seeds)
+
+
+def _for_scale(value: Any, scale: str, read: _Reader, where: str) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if scale not in value:
+        raise read.error(where, f"no value for scale '{scale}' (has: {', '.join(value)})")
+    return value[scale]
+
+
+# --- the plan: everything checked before anything is written ---------------------------------
+
+
+@dataclass
+class MethodPlan:
+    name: str
+    layers: list[Layer]  # scale preset excluded: build_config adds it
+    config: RunConfig  # the layers resolved, without suggestions
+    trials: int
+    search: tuple[SearchParam, ...]
+
+    def config_for(self, *extra: Layer) -> RunConfig:
+        return build_config([*self.layers, *extra])
+
+    def fingerprint(self, spec: SweepSpec) -> str:
+        """What a study's trials depend on: a resumed study must still match it."""
+        settings = {key: value for key, value in flatten(self.config).items() if key not in EXECUTION_ONLY}
+        settings["objective"] = f"{spec.direction} {spec.metric}"
+        settings["search"] = [repr(p) for p in self.search]
+        return json.dumps(settings, sort_keys=True, default=str)
+
+
+@dataclass
+class SweepPlan:
+    spec: SweepSpec
+    cfg: RunConfig  # the first method's config: sweep-wide settings (scale, run_dir, launcher, ...)
+    methods: list[MethodPlan]
+    seeds: list[int]
+    overrides: dict[str, str]
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.cfg.run_dir) / self.spec.name
+
+    @property
+    def storage_path(self) -> Path:
+        return self.folder / "optuna.journal"
+
+
+def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
+    """Read and check the sweep named in `overrides` against every config it will run."""
+    spec = load_spec(overrides["sweep"])
+    read = _Reader(spec.path)
+    cli = dict(overrides)
+    only = cli.pop("method", None)
+    if only is not None and check_choice("method", only, sorted(METHODS)) not in spec.methods:
+        raise ConfigError(f"method {only!r} is not in sweep {spec.name}; it has: {', '.join(spec.methods)}")
+    scale = resolve_scale(check_choice("scale", cli.get("scale", spec.base.get("scale", "auto")),
+                                       [*SCALES, "auto"]))
+    base_layer = (f"{read.label}: base", {**spec.base, "scale": scale})
+
+    plans = []
+    for method in [only] if only else list(spec.methods):
+        mspec = spec.methods[method]
+        layers: list[Layer] = [base_layer, (f"{read.label}: methods.{method}.fixed", {"method": method, **mspec.fixed}),
+                               (None, cli)]
+        config = build_config(layers)
+        check_task(config)
+        known = slots(config)
+        for param in mspec.search:
+            where = f"methods.{method}.search.{param.key}"
+            if param.key not in known:
+                close = difflib.get_close_matches(param.key, list(known), n=1, cutoff=0.6)
+                raise read.error(where, f"unknown key '{param.key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+            for value in param.examples():
+                try:
+                    convert(param.key, value, known[param.key].type)
+                except ConfigError as err:
+                    raise read.error(where, str(err)) from None
+        trials = _for_scale(mspec.trials, scale, read, f"methods.{method}.trials")
+        plans.append(MethodPlan(method, layers, config, trials, mspec.search))
+    seeds = _for_scale(spec.seeds, scale, read, "final.seeds")
+    plan = SweepPlan(spec, plans[0].config, plans, seeds, overrides)
+    _check_resumable(plan)
+    return plan
+
+
+# --- running it ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """One submitted run: what to call when it finishes (value) or fails (error text)."""
+
+    cfg: RunConfig
+    kwargs: dict[str, Any]
+    on_result: Callable[[dict[str, float]], None]
+    on_error: Callable[[str], None]
+
+
+def _error_summary(err: BaseException, job: submitit.Job) -> str:
+    """`ErrorType: message` of a failed run, and where its full log is."""
+    if not isinstance(err, submitit.core.utils.UncompletedJobError):  # raised in this process
+        return f"{type(err).__name__}: {err}"
+    # submitit 1.5.4 puts the remote traceback between two lines of 22 dashes.
+    parts = str(err).split("-" * 22)
+    trace = parts[1] if len(parts) >= 3 else str(err)
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    return f"{lines[-1] if lines else type(err).__name__} (log: {job.paths.stderr})"
+
+
+class _Pool:
+    """Runs jobs through a submitit executor, at most `max_parallel` at a time.
+
+    Jobs come from an iterator that is advanced only when a slot frees up, so a trial is asked
+    from its study after the results submitted before it were told (TPE sees them).
+    """
+
+    def __init__(self, executor: submitit.AutoExecutor, max_parallel: int, bar: tqdm):
+        self.executor, self.max_parallel, self.bar = executor, max_parallel, bar
+
+    def run(self, jobs: Iterator[_Job]) -> None:
+        running: list[tuple[submitit.Job, _Job]] = []
+        pending = iter(jobs)
+        exhausted = False
+        while running or not exhausted:
+            while not exhausted and len(running) < self.max_parallel:
+                job = next(pending, None)
+                if job is None:
+                    exhausted = True
+                    break
+                running.append((self.executor.submit(run_trial, job.cfg, **job.kwargs), job))
+            for handle, job in list(running):
+                try:
+                    # A debug job runs inside done() and raises there; calling it again would
+                    # run it again, so done() and result() share one try.
+                    if not handle.done():
+                        continue
+                    result = handle.result()
+                except Exception as err:  # a failed run is reported and the sweep goes on
+                    job.on_error(_error_summary(err, handle))
+                else:
+                    job.on_result(result)
+                running.remove((handle, job))
+                self.bar.update(1)
+            if running:
+                time.sleep(1.0)
+
+
+def _check_resumable(plan: SweepPlan) -> None:
+    """Refuse to add trials to a study made for other settings (before anything is written)."""
+    storage_path = plan.storage_path
+    if not storage_path.exists():
+        return
+    storage = _storage(plan.storage_path)
+    existing = set(optuna.get_all_study_names(storage))
+    for method in plan.methods:
+        name = f"{plan.spec.name}.{method.name}"
+        if name not in existing:
+            continue
+        recorded = optuna.load_study(study_name=name, storage=storage).user_attrs.get("settings")
+        if recorded is not None and recorded != method.fingerprint(plan.spec):
+            old, new = json.loads(recorded), json.loads(method.fingerprint(plan.spec))
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise ConfigError(f"{storage_path} holds study {name} made with other settings "
+                              f"({', '.join(changed[:5])}); pass another run_dir= or remove that folder")
+
+
+def _storage(path: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _open_study(plan: SweepPlan, method: MethodPlan, storage) -> optuna.Study:
+    study = optuna.create_study(study_name=f"{plan.spec.name}.{method.name}", storage=storage,
+                                sampler=optuna.samplers.TPESampler(seed=method.config.seed),
+                                direction=plan.spec.direction, load_if_exists=True)
+    study.set_user_attr("settings", method.fingerprint(plan.spec))
+    # Trials left RUNNING by a driver that was stopped will never be told: close them.
+    # They fail without an "error" attribute, so they do not count towards the budget.
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        study.tell(trial.number, state=TrialState.FAIL)
+    return study
+
+
+def _counted(study: optuna.Study) -> int:
+    """Trials that count towards the budget: completed ones and those whose run failed."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "error" in t.user_attrs))
+
+
+def run_sweep(plan: SweepPlan) -> int:
+    """Tune, run the finals, write the leaderboard. Returns the exit status: 0, or 1 when a
+    method has no completed trial or a final run failed."""
+    cfg, spec = plan.cfg, plan.spec
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from us
+
+    # Store and experiment first: workers must not race to create the SQLite schema.
+    experiment_id = tracking.ensure_experiment(cfg)
+    uri = tracking.tracking_uri(cfg.run_dir)
+    client = mlflow.MlflowClient(uri)
+    sha, dirty = tracking.git_sha()
+    parent = client.create_run(experiment_id, run_name=f"{spec.name}-{cfg.scale}", tags={
+        "sweep": spec.name, "scale": cfg.scale, "stage": "sweep", "task": cfg.task,
+        "model": cfg.model.name or cfg.model.gguf or cfg.model.preset,
+        "git_sha": sha, "git_dirty": str(dirty).lower(),
+        "overrides": " ".join(f"{k}={v}" for k, v in plan.overrides.items()),
+    })
+    parent_id = parent.info.run_id
+    client.log_artifact(parent_id, str(spec.path))
+
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    storage = _storage(plan.storage_path)
+    studies = {m.name: _open_study(plan, m, storage) for m in plan.methods}
+    todo = {m.name: max(0, m.trials - _counted(studies[m.name])) for m in plan.methods}
+    n_finals = len(plan.methods) * len(plan.seeds)
+    executor = submitit.AutoExecutor(folder=str(plan.folder / "submitit" / "%j"), cluster=cfg.launcher)
+    executor.update_parameters(timeout_min=cfg.trial_timeout_min, name=spec.name)
+
+    status = "FAILED"
+    bar = tqdm(total=sum(todo.values()) + n_finals, desc=f"sweep {spec.name}", unit="run")
+    pool = _Pool(executor, cfg.max_parallel, bar)
+    try:
+        pool.run(_trial_jobs(plan, studies, todo, parent_id, bar))
+        best = _best_trials(plan, studies, client, parent_id, bar)
+        failures = _run_finals(plan, best, pool, parent_id, bar)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        bar.close()
+        client.set_terminated(parent_id, status=status)
+
+    board = report.build_leaderboard(client, experiment_id, parent_id)
+    path = report.write_leaderboard(board, Path(cfg.results_dir), spec.name)
+    print(board.markdown)
+    print(f"\nleaderboard: {path}")
+    print(f"runs: {tracking.ui_hint(uri)}")
+    missing = [m.name for m in plan.methods if m.name not in best]
+    if missing:
+        print(f"no completed trial for: {', '.join(missing)}")
+    return 1 if missing or failures else 0
+
+
+def _trial_jobs(plan: SweepPlan, studies: dict[str, optuna.Study], todo: dict[str, int],
+                parent_id: str, bar: tqdm) -> Iterator[_Job]:
+    for method in plan.methods:
+        study = studies[method.name]
+        for _ in range(todo[method.name]):
+            trial = study.ask()
+            params = {p.key: p.suggest(trial) for p in method.search}
+            label = f"{method.name} trial {trial.number}"
+            cfg = method.config_for((f"optuna trial {trial.number}", params))
+            yield _Job(cfg, {"stage": "trial", "parent_run_id": parent_id,
+                                    "trial_number": trial.number, "evaluate_test": False},
+                       on_result=_teller(study, trial, label, plan.spec.metric, bar),
+                       on_error=_failer(study, trial, label, bar))
+
+
+def _teller(study: optuna.Study, trial: optuna.Trial, label: str, metric: str, bar: tqdm):
+    def tell(result: dict[str, float]) -> None:
+        value = result.get(metric)
+        if value is None or not math.isfinite(value):
+            _failer(study, trial, label, bar)(f"objective {metric} missing or not finite: {value}")
+            return
+        study.tell(trial, value)
+        bar.write(f"{label}: {metric}={value:.4g} {trial.params}")
+    return tell
+
+
+def _failer(study: optuna.Study, trial: optuna.Trial, label: str, bar: tqdm):
+    def fail(error: str) -> None:
+        trial.set_user_attr("error", error[:2000])
+        study.tell(trial, state=TrialState.FAIL)
+        bar.write(f"{label}: FAILED: {error}")
+    return fail
+
+
+def _best_trials(plan: SweepPlan, studies: dict[str, optuna.Study], client: mlflow.MlflowClient,
+                 parent_id: str, bar: tqdm) -> dict[str, optuna.trial.FrozenTrial]:
+    best = {}
+    for method in plan.methods:
+        study = studies[method.name]
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            continue
+        best[method.name] = study.best_trial
+        client.log_metric(parent_id, f"best/{method.name}", study.best_value)
+        for key, value in study.best_params.items():
+            client.log_param(parent_id, f"best/{method.name}/{key}", value)
+        bar.write(f"{method.name}: best trial {study.best_trial.number}, "
+                  f"{plan.spec.metric}={study.best_value:.4g} {study.best_params}")
+    return best
+
+
+def _run_finals(plan: SweepPlan, best: dict[str, optuna.trial.FrozenTrial], pool: _Pool,
+                parent_id: str, bar: tqdm) -> list[str]:
+    failures: list[str] = []
+
+    def done(label: str) -> Callable[[dict[str, float]], None]:
+        return lambda result: bar.write(f"{label}: done")
+
+    def failed(label: str) -> Callable[[str], None]:
+        def record(error: str) -> None:
+            failures.append(label)
+            bar.write(f"{label}: FAILED: {error}")
+        return record
+
+    def jobs() -> Iterator[_Job]:
+        for method in plan.methods:
+            if method.name not in best:
+                continue
+            trial = best[method.name]
+            for seed in plan.seeds:
+                label = f"{method.name} final seed {seed}"
+                cfg = method.config_for((f"optuna trial {trial.number}", trial.params), ("final", {"seed": seed}))
+                yield _Job(cfg, {"stage": "final", "parent_run_id": parent_id,
+                                 "trial_number": trial.number, "evaluate_test": True},
+                           on_result=done(label), on_error=failed(label))
+
+    pool.run(jobs())
+    bar.update(bar.total - bar.n)  # methods without a best trial have no finals to run
+    return failures

@@ -1,0 +1,67 @@
+"""Where runs are recorded: MLflow store, experiment, and code provenance.
+
+`MLFLOW_TRACKING_URI` wins when set (a tracking server for cluster sweeps). Otherwise the store is
+`sqlite:///<run_dir>/mlflow.db` with artifacts in `<run_dir>/mlartifacts`. Many processes writing
+one SQLite file can hit "database is locked" and, on a fresh file, race on MLflow's schema
+migration; so the driver calls `ensure_experiment` before it launches any worker.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+
+from bench.config import REPO_ROOT, RunConfig
+
+SINGLE_RUN_EXPERIMENT = "gfn-bench"
+
+
+def tracking_uri(run_dir: str) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def experiment_name(cfg: RunConfig) -> str:
+    return cfg.sweep or SINGLE_RUN_EXPERIMENT
+
+
+def ensure_experiment(cfg: RunConfig) -> str:
+    """Point MLflow at the store of `cfg` and return the id of its experiment, creating both."""
+    uri = tracking_uri(cfg.run_dir)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    name = experiment_name(cfg)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # Without an explicit location a database-backed store puts artifacts in ./mlruns of
+    # whatever the current directory is; a server stores (proxies) artifacts itself.
+    location = None if _is_server(uri) else (Path(cfg.run_dir).resolve() / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def ui_hint(uri: str) -> str:
+    """The command (or address) that shows the runs of store `uri`."""
+    return f"open {uri}" if _is_server(uri) else f"mlflow ui --backend-store-uri {uri}"
+
+
+def git_sha() -> tuple[str, bool]:
+    """(commit of the code, whether the work tree has uncommitted changes); ('unknown', True)
+    outside a git checkout or before the first commit."""
+    def git(*args: str) -> str:
+        # --no-optional-locks: `status` must not refresh the index while others use the repo.
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(REPO_ROOT), *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+    return sha, dirty

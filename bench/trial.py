@@ -1,0 +1,152 @@
+"""One training run, recorded as one MLflow run: what a single run, a sweep trial and a final
+seed all execute (in this process or in a submitit job).
+
+Metrics: the method's step metrics as `train/<name>`; validation as `valid/<metric>` (during
+training and at the end); with test evaluation, each split as `<split>/<metric>` and the
+size-weighted means over in-distribution and out-of-distribution splits as `test_id/<metric>`
+and `test_ood/<metric>`; `wall_time_s` (everything) and `train_time_s` (the method's `train`).
+"""
+from __future__ import annotations
+
+import random
+import socket
+import time
+import traceback
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from bench import tracking
+from bench.config import RunConfig, flatten
+from methods import method_module
+from methods.base import TrainContext
+from methods.engine.engine import Engine
+from methods.engine.evaluate import evaluate
+from methods.engine.models import load_policy
+from tasks import task_class
+from tasks.base import EvalSplit, Example
+
+# Step metrics shown on the progress bar: bar label -> metric a method logs.
+_POSTFIX = {"loss": "loss", "logR": "log_reward"}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _log_table(rows: list[dict[str, Any]], name: str) -> None:
+    if rows:
+        mlflow.log_table(pd.DataFrame(rows), artifact_file=f"samples/{name}.json")
+
+
+def _weighted_means(results: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """Mean of each metric over splits, weighted by the number of queries evaluated per split."""
+    total = sum(n for n, _ in results)
+    return {key: sum(n * metrics[key] for n, metrics in results) / total
+            for key in results[0][1]} if total else {}
+
+
+def run_tags(cfg: RunConfig, stage: str, trial_number: int | None) -> dict[str, str]:
+    sha, dirty = tracking.git_sha()
+    return {
+        "method": cfg.method, "task": cfg.task, "model": cfg.model.name or cfg.model.gguf or cfg.model.preset,
+        "seed": str(cfg.seed), "trial": "" if trial_number is None else str(trial_number),
+        "stage": stage, "sweep": cfg.sweep or "", "scale": cfg.scale,
+        "git_sha": sha, "git_dirty": str(dirty).lower(), "hostname": socket.gethostname(),
+    }
+
+
+def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | None = None,
+              trial_number: int | None = None, evaluate_test: bool = True) -> dict[str, float]:
+    """Train `cfg.method` on `cfg.task`, evaluate, record everything; return the final metrics."""
+    started = time.monotonic()
+    experiment_id = tracking.ensure_experiment(cfg)
+    tags = run_tags(cfg, stage, trial_number)
+    if parent_run_id:
+        # The tag (not start_run(nested=True)) is what makes a child across processes.
+        tags["mlflow.parentRunId"] = parent_run_id
+    name = f"{cfg.method}-seed{cfg.seed}" + ("" if trial_number is None else f"-trial{trial_number}")
+    mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}-{name}", tags=tags)
+    try:
+        mlflow.log_params({key: "null" if value is None else value for key, value in flatten(cfg).items()})
+        metrics = _train_and_evaluate(cfg, name, evaluate_test, leave_bar=stage == "single")
+        metrics["wall_time_s"] = time.monotonic() - started
+        mlflow.log_metric("wall_time_s", metrics["wall_time_s"], step=cfg.train.steps)
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except Exception as err:
+        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.log_text(traceback.format_exc(), "error.txt")
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+    return metrics
+
+
+def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_bar: bool) -> dict[str, float]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    task = task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
+    policy = load_policy(cfg.model, cfg.seed)
+    mlflow.set_tags({f"provenance.{key}": value for key, value in policy.provenance.items()})
+    engine = Engine(policy, task, cfg.train.batch_size)
+    valid = task.validation_examples()[: cfg.train.eval_prompts]
+
+    def run_eval(examples: list[Example], prefix: str, step: int) -> dict[str, float]:
+        result = evaluate(engine, examples, samples=cfg.train.eval_samples,
+                          temperature=cfg.train.eval_temperature, seed=cfg.seed)
+        metrics = {f"{prefix}/{key}": value for key, value in result.metrics.items()}
+        mlflow.log_metrics(metrics, step=step)
+        _log_table(result.rows[: cfg.train.log_samples], f"{prefix}_step{step}")
+        return metrics
+
+    bar = tqdm(total=cfg.train.steps, desc=name, unit="step", leave=leave_bar)
+
+    def log_metrics(metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics({f"train/{key}": float(value) for key, value in metrics.items()}, step=step)
+        bar.update(step + 1 - bar.n)  # steps count from 0: after step s, s + 1 are done
+        shown = {label: f"{metrics[key]:.3g}" for label, key in _POSTFIX.items() if key in metrics}
+        bar.set_postfix(step=step, **shown)
+
+    ctx = TrainContext(
+        policy=policy, task=task, engine=engine, train=cfg.train, seed=cfg.seed,
+        log_metrics=log_metrics,
+        evaluate=lambda step: run_eval(valid, "valid", step),
+        log_samples=lambda rows, step: _log_table(rows, f"train_step{step}"),
+    )
+    train_started = time.monotonic()
+    try:
+        method_module(cfg.method).train(ctx, cfg.method_cfg)
+    finally:
+        bar.close()
+    metrics = {"train_time_s": time.monotonic() - train_started}
+    mlflow.log_metric("train_time_s", metrics["train_time_s"], step=cfg.train.steps)
+    metrics |= run_eval(valid, "valid", cfg.train.steps)
+    if evaluate_test:
+        metrics |= _evaluate_splits(task.eval_splits(), cfg, run_eval)
+    return metrics
+
+
+def _evaluate_splits(splits: list[EvalSplit], cfg: RunConfig, run_eval) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    by_kind: dict[str, list[tuple[int, dict[str, float]]]] = {"test_id": [], "test_ood": []}
+    for split in splits:
+        examples = split.examples[: cfg.train.eval_prompts]
+        result = run_eval(examples, split.name, cfg.train.steps)
+        metrics |= result
+        plain = {key.split("/", 1)[1]: value for key, value in result.items()}
+        by_kind["test_id" if split.in_distribution else "test_ood"].append((len(examples), plain))
+    for kind, results in by_kind.items():
+        if results:
+            aggregate = {f"{kind}/{key}": value for key, value in _weighted_means(results).items()}
+            mlflow.log_metrics(aggregate, step=cfg.train.steps)
+            metrics |= aggregate
+    return metrics

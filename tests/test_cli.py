@@ -1,0 +1,39 @@
+"""`python -m bench.run` as a user runs it: a mistake is one line on stderr, exit 2, no files."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default store would live in cwd/runs
+    return subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep=nope"], "error: unknown sweep 'nope'; choose one of: gfn_vs_ppo, smoke"),
+    (["sweep=smoke", "method.lr=abc"], "error: method.lr: expected float, got 'abc'"),
+])
+def test_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, args, message):
+    result = bench_run(*args, "run_dir=runs", "results_dir=results", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [message]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_lists_sweeps_methods_tasks(tmp_path):
+    result = bench_run("--help", "method=ppo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in ("gfn_vs_ppo", "smoke", "gfn_tb", "ppo", "arithmetic", "smollm2-135m", "tiny",
+                     "paper", "train.steps", "model.lora.r", "method.kl_coef", "task.n_train"):
+        assert expected in out
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,138 @@
+"""Sweeps end to end: the real smoke sweep through submitit subprocesses, and failure handling
+in-process with a method defined in this file."""
+from __future__ import annotations
+
+import os
+import pdb
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import bench.config
+import bench.sweep
+from bench.config import ConfigError
+from bench.sweep import plan_sweep, run_sweep
+from methods import METHODS
+from methods.base import TrainContext
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def runs_of(uri: str, experiment: str, where: str):
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[experiment], filter_string=where)
+
+
+def test_smoke_sweep_through_local_launcher(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "sweep=smoke", "launcher=local", "run_dir=runs", "results_dir=results"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    parents = runs_of(uri, "smoke", "tags.stage = 'sweep'")
+    assert len(parents) == 1 and parents.loc[0, "status"] == "FINISHED"
+    parent = parents.loc[0, "run_id"]
+    children = runs_of(uri, "smoke", f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(children) >= 4 and set(children["status"]) == {"FINISHED"}
+    assert sorted(children["tags.stage"]) == ["final"] * 2 + ["trial"] * 4
+    client = mlflow.MlflowClient(uri)
+    for run_id in children["run_id"]:
+        history = client.get_metric_history(run_id, "train/loss")
+        assert [m.step for m in history] == [0, 1, 2]  # smoke scale: 3 steps
+    finals = children[children["tags.stage"] == "final"]
+    assert finals["metrics.test_id/accuracy"].notna().all() and finals["metrics.test_ood/accuracy"].notna().all()
+    # Artifacts go next to the store's run folder, not to ./mlruns of the current directory.
+    assert (tmp_path / "runs" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "smoke" / "optuna.journal")))
+    for method in ("gfn_tb", "ppo"):
+        study = optuna.load_study(study_name=f"smoke.{method}", storage=storage)
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+
+    board = (tmp_path / "results" / "smoke" / "leaderboard.md").read_text()
+    assert "| gfn_tb |" in board and "| ppo |" in board and parent in board
+
+
+# --- a method that fails on demand, for the in-process tests ------------------------------------
+
+
+@dataclass
+class Config:
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (only searched over)"})
+    fail: bool = field(default=False, metadata={"help": "raise a non-finite loss error at step 1"})
+
+
+def train(ctx: TrainContext, cfg: Config) -> None:
+    for step in range(ctx.train.steps):
+        if cfg.fail and step == 1:
+            raise FloatingPointError(f"non-finite loss (nan) at step {step}")
+        ctx.log_metrics({"loss": 1.0 / (step + 1)}, step)
+
+
+SWEEP = """\
+description: a method that works and one that always fails
+base: {model: tiny, scale: smoke, launcher: debug, threads: 1, task.n_demos: 4, task.n_train: 20,
+       task.n_valid: 4, task.n_test: 4, task.max_actions: 8}
+objective: {metric: valid/accuracy}
+methods:
+  works:
+    trials: 2
+    search:
+      method.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  breaks:
+    trials: 1
+    fixed: {method.fail: true}
+final: {seeds: [0, 1]}
+"""
+
+
+@pytest.fixture
+def flaky_sweep(tmp_path, monkeypatch):
+    """Sweep `flaky` over methods `works` and `breaks` (this module), stored under tmp_path."""
+    monkeypatch.setitem(METHODS, "works", __name__)
+    monkeypatch.setitem(METHODS, "breaks", __name__)
+    monkeypatch.setattr(bench.config, "SWEEPS_DIR", tmp_path)
+    monkeypatch.setattr(bench.sweep, "SWEEPS_DIR", tmp_path)
+    monkeypatch.setattr(pdb, "post_mortem", lambda *args: None)  # the debug launcher opens pdb on errors
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    (tmp_path / "flaky.yaml").write_text(SWEEP)
+    return {"sweep": "flaky", "run_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results")}
+
+
+def test_failed_runs_are_recorded_and_the_sweep_goes_on(flaky_sweep, tmp_path):
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    assert run_sweep(plan_sweep(flaky_sweep)) == 1  # `breaks` has no completed trial
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "flaky" / "optuna.journal")))
+    broken = optuna.load_study(study_name="flaky.breaks", storage=storage).trials
+    assert [t.state for t in broken] == [TrialState.FAIL]
+    assert "non-finite loss" in broken[0].user_attrs["error"]
+    works = optuna.load_study(study_name="flaky.works", storage=storage).trials
+    assert [t.state for t in works] == [TrialState.COMPLETE] * 2
+
+    failed = runs_of(uri, "flaky", "tags.method = 'breaks'")
+    assert list(failed["status"]) == ["FAILED"] and "non-finite loss" in failed.loc[0, "tags.error"]
+    finals = runs_of(uri, "flaky", "tags.stage = 'final'")
+    assert sorted(finals["tags.method"]) == ["works", "works"] and set(finals["status"]) == {"FINISHED"}
+    history = mlflow.MlflowClient(uri).get_metric_history(finals.loc[0, "run_id"], "train/loss")
+    assert [m.value for m in history] == pytest.approx([1.0, 0.5, 1 / 3])
+    board = (tmp_path / "results" / "flaky" / "leaderboard.md").read_text()
+    assert "| works |" in board and "| breaks |" not in board
+
+    # A second invocation resumes: the trial budget is spent, only the finals run again.
+    assert run_sweep(plan_sweep(flaky_sweep)) == 1
+    assert len(optuna.load_study(study_name="flaky.works", storage=storage).trials) == 2
+    assert len(runs_of(uri, "flaky", "tags.stage = 'sweep'")) == 2
+    # Other settings would mix two experiments in one study: refused before anything runs.
+    with pytest.raises(ConfigError, match="made with other settings .*train.steps"):
+        plan_sweep({**flaky_sweep, "train.steps": "5"})
