@@ -63,8 +63,8 @@ class RunConfig:
     max_parallel: int = field(default=1, metadata={
         "help": "trials of a sweep that run at once (each loads its own model)"})
     threads: int = field(default=0, metadata={
-        "help": "torch CPU threads per run (0: torch's default, one per core); 1 suits max_parallel > 1 "
-                "and busy machines, where threads waiting on each other slow small models many times"})
+        "help": "torch CPU threads per run; 0: all cores for a single run, cores / max_parallel for sweep runs "
+                "(threads of one run waiting on each other slow small models many times on a busy machine)"})
     trial_timeout_min: int = field(default=24 * 60, metadata={
         "help": "time limit of each sweep job, in minutes (submitit's local default is 2)"})
     sweep: str | None = field(default=None, metadata={

@@ -8,6 +8,7 @@ and `test_ood/<metric>`; `wall_time_s` (everything) and `train_time_s` (the meth
 """
 from __future__ import annotations
 
+import os
 import random
 import socket
 import time
@@ -25,10 +26,10 @@ from bench.config import RunConfig, flatten
 from methods import method_module
 from methods.base import TrainContext
 from methods.engine.engine import Engine
-from methods.engine.evaluate import evaluate
+from methods.engine.evaluate import evaluate_splits
 from methods.engine.models import load_policy
 from tasks import task_class
-from tasks.base import EvalSplit, Example
+from tasks.base import Example
 
 # Step metrics shown on the progress bar: bar label -> metric a method logs.
 _POSTFIX = {"loss": "loss", "logR": "log_reward"}
@@ -91,8 +92,9 @@ def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | Non
 
 
 def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_bar: bool) -> dict[str, float]:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.max_parallel) if cfg.sweep else 0)
+    if threads:
+        torch.set_num_threads(threads)
     seed_everything(cfg.seed)
     task = task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
     policy = load_policy(cfg.model, cfg.seed)
@@ -100,13 +102,13 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
     engine = Engine(policy, task, cfg.train.batch_size)
     valid = task.validation_examples()[: cfg.train.eval_prompts]
 
-    def run_eval(examples: list[Example], prefix: str, step: int) -> dict[str, float]:
-        result = evaluate(engine, examples, samples=cfg.train.eval_samples,
-                          temperature=cfg.train.eval_temperature, seed=cfg.seed)
-        metrics = {f"{prefix}/{key}": value for key, value in result.metrics.items()}
-        mlflow.log_metrics(metrics, step=step)
-        _log_table(result.rows[: cfg.train.log_samples], f"{prefix}_step{step}")
-        return metrics
+    def run_eval(splits: dict[str, list[Example]], step: int) -> dict[str, dict[str, float]]:
+        results = evaluate_splits(engine, splits, samples=cfg.train.eval_samples,
+                                  temperature=cfg.train.eval_temperature, seed=cfg.seed)
+        for prefix, result in results.items():
+            mlflow.log_metrics({f"{prefix}/{key}": value for key, value in result.metrics.items()}, step=step)
+            _log_table(result.rows[: cfg.train.log_samples], f"{prefix}_step{step}")
+        return {prefix: result.metrics for prefix, result in results.items()}
 
     bar = tqdm(total=cfg.train.steps, desc=name, unit="step", leave=leave_bar)
 
@@ -119,7 +121,7 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
     ctx = TrainContext(
         policy=policy, task=task, engine=engine, train=cfg.train, seed=cfg.seed,
         log_metrics=log_metrics,
-        evaluate=lambda step: run_eval(valid, "valid", step),
+        evaluate=lambda step: _prefixed(run_eval({"valid": valid}, step)),
         log_samples=lambda rows, step: _log_table(rows, f"train_step{step}"),
     )
     train_started = time.monotonic()
@@ -129,24 +131,20 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
         bar.close()
     metrics = {"train_time_s": time.monotonic() - train_started}
     mlflow.log_metric("train_time_s", metrics["train_time_s"], step=cfg.train.steps)
-    metrics |= run_eval(valid, "valid", cfg.train.steps)
-    if evaluate_test:
-        metrics |= _evaluate_splits(task.eval_splits(), cfg, run_eval)
-    return metrics
-
-
-def _evaluate_splits(splits: list[EvalSplit], cfg: RunConfig, run_eval) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    by_kind: dict[str, list[tuple[int, dict[str, float]]]] = {"test_id": [], "test_ood": []}
-    for split in splits:
-        examples = split.examples[: cfg.train.eval_prompts]
-        result = run_eval(examples, split.name, cfg.train.steps)
-        metrics |= result
-        plain = {key.split("/", 1)[1]: value for key, value in result.items()}
-        by_kind["test_id" if split.in_distribution else "test_ood"].append((len(examples), plain))
-    for kind, results in by_kind.items():
-        if results:
-            aggregate = {f"{kind}/{key}": value for key, value in _weighted_means(results).items()}
+    # Validation and test splits share one sampling pass.
+    splits = {"valid": valid}
+    tests = task.eval_splits() if evaluate_test else []
+    splits |= {split.name: split.examples[: cfg.train.eval_prompts] for split in tests}
+    results = run_eval(splits, cfg.train.steps)
+    metrics |= _prefixed(results)
+    for kind, in_distribution in (("test_id", True), ("test_ood", False)):
+        chosen = [(len(splits[s.name]), results[s.name]) for s in tests if s.in_distribution == in_distribution]
+        if chosen:
+            aggregate = {f"{kind}/{key}": value for key, value in _weighted_means(chosen).items()}
             mlflow.log_metrics(aggregate, step=cfg.train.steps)
             metrics |= aggregate
     return metrics
+
+
+def _prefixed(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{prefix}/{key}": value for prefix, metrics in results.items() for key, value in metrics.items()}

@@ -3,49 +3,101 @@
 All methods draw the same number of samples per query at the same temperature (paper: 10 at
 T=0.1), so their numbers are comparable. The likelihood is that of the sample (tool tokens
 included) under the frozen base model given the policy prompt.
+
+A method may replace the majority vote by a test-time selection rule (best-of-N, `Select`): each
+query's answer is then that of its best-scored sample. `forward_tokens` counts the tokens each
+query costs to sample (prompt + sample, per row) plus what the selection rule spent scoring them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from methods.engine import embeddings
 from methods.engine.engine import Engine
 from methods.engine.metrics import distinct_n, majority_vote
+from methods.engine.rollout import Trajectories
 from tasks.base import Example
+
+Select = Callable[[Engine, list[Example], Trajectories], tuple[torch.Tensor, list[int]]]
+"""A test-time selection rule: (score per row, higher is kept; forward tokens spent per row). Row i
+answers examples[traj.example_idx[i]]; the rule must never read an example's answer."""
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
-    rows: list[dict]  # one per query: its majority answer, the gold answer and a sample
+    rows: list[dict]  # one per query: its answer (majority vote or selected), the gold answer and a sample
 
 
 def evaluate(engine: Engine, examples: list[Example], *, samples: int, temperature: float,
-             seed: int = 0) -> EvalResult:
-    """`samples` draws per query at `temperature`, with their own seeded generator so that an
-    evaluation does not move the training run's random stream."""
+             seed: int = 0, select: Select | None = None, embedding_model: str | None = None) -> EvalResult:
+    """`samples` draws per query at `temperature` (see `evaluate_splits`)."""
+    return evaluate_splits(engine, {"": examples}, samples=samples, temperature=temperature, seed=seed,
+                           select=select, embedding_model=embedding_model)[""]
+
+
+def evaluate_splits(engine: Engine, splits: dict[str, list[Example]], *, samples: int, temperature: float,
+                    seed: int = 0, select: Select | None = None,
+                    embedding_model: str | None = None) -> dict[str, EvalResult]:
+    """Evaluate several splits in one sampling pass.
+
+    Decoding a small model on a CPU is bound by reading the weights once per token step, so a
+    step over many rows costs little more than over a few: all splits share the batches. The
+    generator is the evaluation's own, so an evaluation does not move the training run's stream.
+
+    `select`: a best-of-N rule that picks each query's answer instead of the majority vote (ties
+    go to the first sample drawn). `embedding_model`: folder of the sentence encoder behind
+    `embedding_diversity` (default: MiniLM from its wheel; without the wheel the metric is left
+    out). Its samples are embedded in one batched pass.
+    """
     task, k = engine.task, samples
-    repeated = [ex for ex in examples for _ in range(k)]
+    queries = [ex for examples in splits.values() for ex in examples]
+    repeated = [ex for ex in queries for _ in range(k)]
     generator = torch.Generator(device=engine.policy.device).manual_seed(seed)
     traj = engine.sample(repeated, [temperature] * len(repeated), generator)
     texts = engine.texts(traj)
     loglik = engine.base_logprobs(traj).sum(-1).cpu()
+    cost = torch.tensor([len(p) + len(t) for p, t in zip(traj.prompt_ids, traj.tokens)], dtype=torch.float64)
+    scores = None
+    if select is not None:
+        scores, select_cost = select(engine, repeated, traj)
+        scores, cost = scores.cpu(), cost + torch.tensor(select_cost, dtype=torch.float64)
+    embedded = None
+    if embedding_model or embeddings.default_model_path() is not None:
+        embedded = embeddings.encode(texts, embedding_model, device=engine.policy.device)
 
-    correct, best_loglik, diversity, rows = [], [], [], []
-    for q, ex in enumerate(examples):
-        mine = slice(q * k, (q + 1) * k)
-        vote = majority_vote([task.extract_answer(t) for t in texts[mine]])
-        correct.append(float(vote is not None and vote == ex.answer))
-        best_loglik.append(loglik[mine].max().item())
-        diversity.append(distinct_n(texts[mine], 2))
-        rows.append({"query": ex.query, "answer": ex.answer, "vote": vote, "sample": texts[q * k]})
-    n = max(1, len(examples))
-    metrics = {
-        "accuracy": sum(correct) / n,
-        "loglik_mean": loglik.mean().item(),
-        "loglik_max": sum(best_loglik) / n,
-        "distinct_2": sum(diversity) / n,
-        "sample_length": sum(traj.n_actions) / max(1, len(traj)),
-    }
-    return EvalResult(metrics, rows)
+    results, first = {}, 0
+    for name, examples in splits.items():
+        correct, best_loglik, diversity, semantic, rows = [], [], [], [], []
+        for q, ex in enumerate(examples, start=first):
+            mine = slice(q * k, (q + 1) * k)
+            shown = q * k
+            if scores is None:
+                vote = majority_vote([task.extract_answer(t) for t in texts[mine]])
+            else:
+                shown += int(scores[mine].argmax())  # argmax returns the first of tied maxima
+                vote = task.extract_answer(texts[shown])
+            correct.append(float(vote is not None and vote == ex.answer))
+            best_loglik.append(loglik[mine].max().item())
+            diversity.append(distinct_n(texts[mine], 2))
+            if embedded is not None:
+                semantic.append(embeddings.diversity(embedded[mine]))
+            rows.append({"query": ex.query, "answer": ex.answer, "vote": vote, "sample": texts[shown]})
+        rows_of_split = slice(first * k, (first + len(examples)) * k)
+        first += len(examples)
+        n = max(1, len(examples))
+        metrics = {
+            "accuracy": sum(correct) / n,
+            "loglik_mean": loglik[rows_of_split].mean().item() if examples else 0.0,
+            "loglik_max": sum(best_loglik) / n,
+            "distinct_2": sum(diversity) / n,
+            "sample_length": sum(traj.n_actions[rows_of_split]) / max(1, len(examples) * k),
+            "forward_tokens": cost[rows_of_split].sum().item() / n,
+        }
+        if embedded is not None:
+            metrics["embedding_diversity"] = sum(semantic) / n
+        results[name] = EvalResult(metrics, rows)
+    return results
