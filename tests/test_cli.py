@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.config import sweep_names
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -19,7 +21,7 @@ def bench_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sweep=nope"], "error: unknown sweep 'nope'; choose one of: gfn_vs_ppo, smoke"),
+    (["sweep=nope"], f"error: unknown sweep 'nope'; choose one of: {', '.join(sweep_names())}"),
     (["sweep=smoke", "method.lr=abc"], "error: method.lr: expected float, got 'abc'"),
 ])
 def test_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, args, message):

@@ -6,7 +6,7 @@ import typing
 
 import pytest
 
-from bench.config import ConfigError, RunConfig, build_config, flatten, parse_overrides, slots
+from bench.config import ConfigError, RunConfig, build_config, flatten, parse_overrides, slots, sweep_names
 from bench.scales import SCALES
 from bench.sweep import load_spec, plan_sweep
 from methods import METHODS, method_module
@@ -82,9 +82,9 @@ def test_unknown_key_suggests_the_closest():
 
 
 @pytest.mark.parametrize("arg, message", [
-    ("sweep=nope", "unknown sweep 'nope'; choose one of: gfn_vs_ppo, smoke"),
-    ("method=nope", "unknown method 'nope'; choose one of: gfn_tb, ppo"),
-    ("task=nope", "unknown task 'nope'; choose one of: arithmetic"),
+    ("sweep=nope", f"unknown sweep 'nope'; choose one of: {', '.join(sweep_names())}"),
+    ("method=nope", f"unknown method 'nope'; choose one of: {', '.join(sorted(METHODS))}"),
+    ("task=nope", f"unknown task 'nope'; choose one of: {', '.join(sorted(TASKS))}"),
     ("model=nope", "unknown model preset 'nope'; choose one of: smollm2-135m, tiny"),
     ("scale=nope", "unknown scale 'nope'; choose one of: smoke, cpu, paper, auto"),
     ("launcher=nope", "unknown launcher 'nope'; choose one of: local, debug"),
@@ -169,7 +169,7 @@ final: {seeds: [0]}
 @pytest.mark.parametrize("replace, message", [
     (("description", "descripton"), "sweeps/t.yaml: unknown key 'descripton'; did you mean 'description'?"),
     (("valid/accuracy", "test_id/accuracy"), "sweeps/t.yaml: objective.metric: expected valid/<metric>"),
-    (("gfn_tb:", "sft:"), "sweeps/t.yaml: methods.sft: unknown method 'sft'"),
+    (("gfn_tb:", "nope:"), "sweeps/t.yaml: methods.nope: unknown method 'nope'"),
     (("low: 1.0e-5", "low: 1.0e-2"), "sweeps/t.yaml: methods.gfn_tb.search.method.lr: low (0.01) must be below high"),
     (("type: float", "type: floot"), "type must be float, int or categorical, got 'floot'"),
     (("method.lr:", "method.lrr:"), "methods.gfn_tb.search.method.lrr: unknown key 'method.lrr'; did you mean 'method.lr'?"),
