@@ -45,16 +45,22 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * mask
 
 
-def action_view(scores: Scores, traj: Trajectories) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-action log-probs [B, A+1] (the n token actions, then ⊤ if the sample terminated) and their mask."""
+def action_view(scores: Scores, traj: Trajectories, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-action log-probs [B, width] (the n token actions, then ⊤ if the sample terminated) and
+    their mask, padded to `width` so that micro-batches line up with the whole batch."""
     device = scores.action_logp.device
     n = torch.tensor(traj.n_actions, device=device)
     terminated = torch.tensor(traj.terminated, device=device)
     k = torch.arange(scores.term_logp.shape[1], device=device)
     mask = (k < n.unsqueeze(1)) | ((k == n.unsqueeze(1)) & terminated.unsqueeze(1))
     padded = torch.nn.functional.pad(scores.action_logp, (0, 1))
-    logp = torch.where(k < n.unsqueeze(1), padded, scores.term_logp)
-    return logp.masked_fill(~mask, 0.0), mask
+    logp = torch.where(k < n.unsqueeze(1), padded, scores.term_logp).masked_fill(~mask, 0.0)
+    pad = width - logp.shape[1]
+    return torch.nn.functional.pad(logp, (0, pad)), torch.nn.functional.pad(mask, (0, pad))
+
+
+def pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
 
 def train(ctx: TrainContext, cfg: Config) -> None:
@@ -75,6 +81,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         traj = engine.sample(examples, [1.0] * len(examples), generator)
         log_r = engine.log_reward(traj, examples, per_prefix=False).to(device) / temp_r
         chunks = micro_batches(len(traj), k, budget.batch_size)
+        width = max(traj.n_actions) + 1  # actions per row, ⊤ included
 
         # Rollout-time quantities, fixed during the PPO epochs.
         old_logp, mask, values, kl = [], [], [], []
@@ -82,12 +89,12 @@ def train(ctx: TrainContext, cfg: Config) -> None:
             for rows in chunks:
                 part = traj.select(rows)
                 scores = engine.score(part, hidden=True)
-                logp, m = action_view(scores, part)
+                logp, m = action_view(scores, part, width)
                 with policy.base():
-                    base_logp, _ = action_view(engine.score(part), part)
+                    base_logp, _ = action_view(engine.score(part), part, width)
                 old_logp.append(logp)
                 mask.append(m)
-                values.append(value_head(scores.state_hidden.float()).squeeze(-1) * m)
+                values.append(pad_to(value_head(scores.state_hidden.float()).squeeze(-1), width) * m)
                 kl.append((logp - base_logp) * m)
         old_logp, mask, values, kl = (torch.cat(x) for x in (old_logp, mask, values, kl))
         last = mask.sum(-1) - 1
@@ -105,13 +112,13 @@ def train(ctx: TrainContext, cfg: Config) -> None:
                 sel = torch.tensor(rows, device=device)
                 part = traj.select(rows)
                 scores = engine.score(part, hidden=True)
-                logp, m = action_view(scores, part)
+                logp, m = action_view(scores, part, width)
                 ratio = torch.exp(logp - old_logp[sel]) * m
                 a = adv[sel]
                 surrogate = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range))
                 n_actions = m.sum()
                 policy_loss = (surrogate * m).sum() / n_actions
-                v = value_head(scores.state_hidden.float()).squeeze(-1)
+                v = pad_to(value_head(scores.state_hidden.float()).squeeze(-1), width)
                 value_loss = 0.5 * ((v - returns[sel]).pow(2) * m).sum() / n_actions
                 loss = policy_loss + cfg.vf_coef * value_loss
                 check_finite(loss, step)

@@ -12,10 +12,10 @@ from tasks.arithmetic import ArithmeticTask, Config
 BUDGET = TrainConfig(steps=2, batch_prompts=2, samples_per_prompt=2, eval_every=0, batch_size=8)
 
 
-def run(policy, method: str, **overrides):
+def run(policy, method: str, budget: TrainConfig = BUDGET, **overrides):
     task = ArithmeticTask(Config(n_demos=4, n_train=8, n_valid=4, n_test=4, max_actions=12), None)
     logged = []
-    ctx = TrainContext(policy, task, Engine(policy, task, BUDGET.batch_size), BUDGET, seed=0,
+    ctx = TrainContext(policy, task, Engine(policy, task, budget.batch_size), budget, seed=0,
                        log_metrics=lambda m, step: logged.append((step, m)), evaluate=lambda step: {})
     module = method_module(method)
     cfg = module.Config(**overrides)
@@ -47,3 +47,11 @@ def test_gfn_trains_on_replayed_trajectories(tiny_policy):
 def test_nan_loss_stops_the_run_with_a_clear_error(tiny_policy):
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         run(tiny_policy, "gfn_tb", loss="tb", logz_init=float("nan"))
+
+
+@pytest.mark.parametrize("method,overrides", [("gfn_tb", {"loss": "subtb"}), ("gfn_tb", {"loss": "vargrad"}), ("ppo", {})])
+def test_gradient_accumulation_over_micro_batches(tiny_policy, method, overrides):
+    """Rows of different lengths split over several micro-batches (batch_size < rows per step)."""
+    budget = TrainConfig(steps=1, batch_prompts=3, samples_per_prompt=2, eval_every=0, batch_size=2)
+    logged = run(tiny_policy, method, budget, **overrides)
+    assert math.isfinite(logged[0][1]["loss"])
