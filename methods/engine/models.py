@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
@@ -188,7 +187,7 @@ def _lora_targets(model: torch.nn.Module, targets: list[str]) -> str | list[str]
 class Policy:
     """The trainable policy (LoRA adapters on) and, through `base()`, the frozen base LM (adapters off)."""
 
-    def __init__(self, model: PeftModel, tokenizer, device: torch.device, provenance: dict[str, str]):
+    def __init__(self, model: "peft.PeftModel", tokenizer, device: torch.device, provenance: dict[str, str]):
         self.model, self.tokenizer, self.device, self.provenance = model, tokenizer, device, provenance
         self.eos_token_id: int = tokenizer.eos_token_id
         self.hidden_size: int = model.get_base_model().config.hidden_size
@@ -210,6 +209,8 @@ class Policy:
         if not file.is_file():
             raise ModelError(f"no saved adapter in {path} (expected {file.name}, written by save_adapter)")
         try:
+            from peft import set_peft_model_state_dict
+
             result = set_peft_model_state_dict(self.model, load_file(file, device=str(self.device)))
         except RuntimeError:  # shape mismatch
             raise ModelError(f"adapter at {path} does not fit this model (different LoRA r?)") from None
@@ -231,6 +232,10 @@ def load_policy(cfg: ModelConfig, seed: int = 0) -> Policy:
         tok.pad_token = tok.eos_token
     model.generation_config.pad_token_id = tok.pad_token_id
     n_params = sum(p.numel() for p in model.parameters())
+    # peft is imported here, not at the top: it takes seconds, and `--help` or a config error
+    # should not wait for it.
+    from peft import LoraConfig, get_peft_model
+
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=_lora_targets(model, cfg.lora.target_modules), task_type="CAUSAL_LM")
     torch.manual_seed(seed)  # LoRA A matrices are drawn at random: make adapters reproducible
