@@ -41,14 +41,16 @@ def test_trainable_parameters_are_only_lora(tiny):
 
 def test_base_disables_adapter_and_equals_the_unwrapped_model(tiny, monkeypatch):
     before = {}
-    real_get_peft_model = models.get_peft_model
+    import peft
+
+    real_get_peft_model = peft.get_peft_model
 
     def spy(model, config):  # the logits of the plain model, just before LoRA wraps it in place
         before["logits"] = model(input_ids=ids).logits.detach().clone()
         return real_get_peft_model(model, config)
 
     ids = _ids(tiny)
-    monkeypatch.setattr(models, "get_peft_model", spy)
+    monkeypatch.setattr(peft, "get_peft_model", spy)  # models imports it from peft at load time
     policy = load_policy(TINY, seed=0)
     with torch.no_grad():
         for name, p in policy.model.named_parameters():
