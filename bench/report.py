@@ -25,6 +25,8 @@ COLUMNS = [
     ("test_ood/accuracy", "OOD accuracy (%)", 100.0, 1),
     ("test_id/loglik_mean", "log-likelihood", 1.0, 2),
     ("test_id/distinct_2", "distinct-2", 1.0, 3),
+    ("test_id/embedding_diversity", "embedding diversity", 1.0, 3),
+    ("test_id/forward_tokens", "forward tokens / query", 1.0, 0),
     ("wall_time_s", "wall time (s)", 1.0, 0),
 ]
 # Metrics outside METRICS that have a direction.

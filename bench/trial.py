@@ -102,9 +102,13 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
     engine = Engine(policy, task, cfg.train.batch_size)
     valid = task.validation_examples()[: cfg.train.eval_prompts]
 
+    method = method_module(cfg.method)
+
     def run_eval(splits: dict[str, list[Example]], step: int) -> dict[str, dict[str, float]]:
+        # A method with a test-time selection rule (best-of-N) replaces the majority vote.
         results = evaluate_splits(engine, splits, samples=cfg.train.eval_samples,
-                                  temperature=cfg.train.eval_temperature, seed=cfg.seed)
+                                  temperature=cfg.train.eval_temperature, seed=cfg.seed,
+                                  select=getattr(method, "select", None))
         for prefix, result in results.items():
             mlflow.log_metrics({f"{prefix}/{key}": value for key, value in result.metrics.items()}, step=step)
             _log_table(result.rows[: cfg.train.log_samples], f"{prefix}_step{step}")
@@ -126,7 +130,7 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
     )
     train_started = time.monotonic()
     try:
-        method_module(cfg.method).train(ctx, cfg.method_cfg)
+        method.train(ctx, cfg.method_cfg)
     finally:
         bar.close()
     metrics = {"train_time_s": time.monotonic() - train_started}

@@ -1,5 +1,7 @@
 """Method registry: name -> module. A method module defines `Config` (a dataclass whose fields all
-carry a help text) and `train(ctx, cfg)`. Adding a method is one module and one line here."""
+carry a help text) and `train(ctx, cfg)`, and may define `select(engine, examples, traj)`, a
+test-time rule that picks each query's answer instead of the majority vote (best-of-N). Adding a
+method is one module and one line here."""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +10,9 @@ from types import ModuleType
 METHODS: dict[str, str] = {
     "gfn_tb": "methods.gfn_tb",
     "ppo": "methods.ppo",
+    "sft": "methods.sft",
+    "prompting": "methods.prompting",
+    "best_of_n": "methods.best_of_n",
 }
 
 

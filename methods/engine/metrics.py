@@ -19,12 +19,16 @@ class MetricInfo:
 METRICS: dict[str, MetricInfo] = {
     info.name: info
     for info in (
-        MetricInfo("accuracy", True, "fraction of queries whose majority-vote answer is correct"),
+        MetricInfo("accuracy", True, "fraction of queries whose majority-vote (or test-time selected) answer is correct"),
         MetricInfo("loglik_mean", True, "mean over samples of log p_base(Z, Y | X), per query"),
         MetricInfo("loglik_max", True, "max over samples of log p_base(Z, Y | X), per query"),
         MetricInfo("distinct_1", True, "unique word unigrams / all word unigrams of the samples"),
         MetricInfo("distinct_2", True, "unique word bigrams / all word bigrams of the samples"),
         MetricInfo("sample_length", None, "mean number of policy tokens per sample"),
+        MetricInfo("embedding_diversity", True, "1 - mean pairwise cosine similarity of the samples' sentence "
+                                                "embeddings (all-MiniLM-L6-v2 by default), per query"),
+        MetricInfo("forward_tokens", False, "tokens run through a model per query at evaluation: sampling "
+                                            "(prompt + sample) plus any test-time selection"),
     )
 }
 

@@ -1,0 +1,190 @@
+"""The baselines on the tiny model: SFT's targets and learning, k-shot prompts, best-of-N's selection."""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from bench.sweep import plan_sweep
+from methods import METHODS, best_of_n, prompting, sft
+from methods.base import TrainConfig, TrainContext
+from methods.engine.engine import Engine
+from methods.engine.evaluate import evaluate
+from tasks.arithmetic import ArithmeticTask, Config
+
+BUDGET = TrainConfig(steps=2, batch_prompts=2, samples_per_prompt=2, eval_every=0, batch_size=8)
+SMALL = dict(n_demos=4, n_train=8, n_valid=4, n_test=4, max_actions=12)
+
+
+def context(policy, task, budget=BUDGET):
+    logged = []
+    ctx = TrainContext(policy, task, Engine(policy, task, budget.batch_size), budget, seed=0,
+                       log_metrics=lambda m, step: logged.append(m), evaluate=lambda step: {})
+    return ctx, logged
+
+
+def one_demo_task():
+    """A single demonstration, so that every SFT batch is the same batch."""
+    return ArithmeticTask(Config(n_demos=1, n_train=2, n_valid=2, n_test=2, reward_shots=1), None)
+
+
+def snapshot(policy):
+    return [p.detach().clone() for p in policy.trainable_parameters()]
+
+
+def moved(policy, before):
+    return sum((p.detach() - b).abs().sum().item() for p, b in zip(policy.trainable_parameters(), before))
+
+
+# --- SFT ---------------------------------------------------------------------------------------
+
+def test_sft_trains_on_the_tiny_model(tiny_policy):
+    ctx, logged = context(tiny_policy, ArithmeticTask(Config(**SMALL), None))
+    before = snapshot(tiny_policy)
+    sft.train(ctx, sft.Config(warmup_steps=1))
+    assert len(logged) == 2 and all(math.isfinite(m["loss"]) and m["tokens"] > 0 for m in logged)
+    assert moved(tiny_policy, before) > 0
+
+
+def test_sft_loss_decreases_on_a_fixed_batch(tiny_policy):
+    ctx, logged = context(tiny_policy, one_demo_task(), dataclasses.replace(BUDGET, steps=5))
+    sft.train(ctx, sft.Config(lr=1e-2, warmup_steps=1))
+    losses = [m["loss"] for m in logged]
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+
+
+def test_sft_targets_are_the_actions_and_the_stop_never_tool_tokens(tiny_policy):
+    """The logged loss equals a hand computation: one forward pass per target, tool tokens skipped."""
+    task = one_demo_task()
+    ctx, logged = context(tiny_policy, task, dataclasses.replace(BUDGET, steps=1))
+    sft.train(ctx, sft.Config(lr=0.0))
+    engine, demo = ctx.engine, task.demonstrations()[0]
+    prompt = engine.prompt_ids(demo)
+    tokens, targets = [], []  # targets: (context length, token id or None for the stop)
+    for text, is_tool in task.segments(demo.rationale):
+        ids = engine.tokenizer(text, add_special_tokens=False).input_ids
+        if not is_tool:
+            targets += [(len(tokens) + i, tok) for i, tok in enumerate(ids)]
+        tokens += ids
+    assert len(targets) < len(tokens), "the demonstration needs calculator outputs"
+    targets.append((len(tokens), None))
+
+    total = 0.0
+    with torch.no_grad():
+        for k, (at, tok) in enumerate(targets):
+            logits = tiny_policy.model(input_ids=torch.tensor([prompt + tokens[:at]])).logits[0, -1]
+            logp = engine.rules.logprobs(logits, torch.tensor(k))
+            total += (engine.rules.termination_logprob(logp) if tok is None else logp[tok]).item()
+    rows = BUDGET.batch_prompts * BUDGET.samples_per_prompt  # every row is the same demonstration
+    assert logged[0]["tokens"] == rows * len(targets)
+    assert logged[0]["loss"] == pytest.approx(-total / len(targets), abs=1e-4)
+
+
+def test_sft_needs_demonstrations(tiny_policy):
+    task = ArithmeticTask(Config(n_demos=0, n_train=2, n_valid=2, n_test=2, reward_shots=0), None)
+    ctx, _ = context(tiny_policy, task)
+    with pytest.raises(ValueError, match="no demonstrations"):
+        sft.train(ctx, sft.Config())
+
+
+# --- prompting -----------------------------------------------------------------------------------
+
+def test_k_shot_prompt_is_the_tasks_own_policy_shots_prompt():
+    task = ArithmeticTask(Config(**SMALL), None)
+    reference = ArithmeticTask(Config(**SMALL, policy_shots=3), None)
+    ex = task.validation_examples()[0]
+    assert prompting.few_shot(task, 3).policy_prompt(ex) == reference.policy_prompt(ex)
+    assert prompting.few_shot(task, 0) is task
+    with pytest.raises(ValueError, match="set only one"):
+        prompting.few_shot(reference, 2)
+    with pytest.raises(ValueError, match="only 4 demonstrations"):
+        prompting.few_shot(task, 5)
+
+
+def test_prompting_changes_only_the_evaluated_prompts(tiny_policy):
+    task = ArithmeticTask(Config(**SMALL), None)
+    ctx, logged = context(tiny_policy, task)
+    before = snapshot(tiny_policy)
+    prompting.train(ctx, prompting.Config(shots=2))
+    assert logged == [] and moved(tiny_policy, before) == 0
+    ex, demo = task.validation_examples()[0], task.demonstrations()[0]
+    shown = ctx.engine.task.policy_prompt(ex)
+    assert shown.startswith(f"Question: {demo.query} = ? Answer:{demo.rationale}. The answer is {demo.answer}.\n")
+    assert shown.endswith(task.policy_prompt(ex)) and shown.count("Question:") == 3
+    assert ctx.engine.prompt_ids(ex) == ctx.engine.tokenizer(shown).input_ids
+    assert ctx.engine.task.reward_prompt(ex) == task.reward_prompt(ex)
+    result = evaluate(ctx.engine, task.validation_examples()[:2], samples=2, temperature=1.0)
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+
+
+# --- best-of-N -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def sampled(tiny_policy):
+    task = ArithmeticTask(Config(**SMALL), None)
+    engine = Engine(tiny_policy, task, batch_size=4)
+    examples = [ex for ex in task.validation_examples()[:2] for _ in range(3)]
+    traj = engine.sample(examples, [1.5] * len(examples), torch.Generator().manual_seed(0))
+    return engine, task, examples, traj
+
+
+def test_best_of_n_scores_are_log_p_of_the_sample_under_the_reward_prompt(sampled):
+    engine, _, examples, traj = sampled
+    scores, cost = best_of_n.select(engine, examples, traj)
+    prompt = engine.reward_prompt_ids(examples[0])
+    with engine.policy.base():
+        logp = engine.policy.model(input_ids=torch.tensor([prompt + traj.tokens[0]])).logits[0].float().log_softmax(-1)
+    by_hand = logp[len(prompt) - 1:-1].gather(-1, torch.tensor(traj.tokens[0]).unsqueeze(-1)).sum().item()
+    assert scores.shape == (len(traj),) and scores[0].item() == pytest.approx(by_hand, abs=1e-4)
+    assert cost == [len(engine.reward_prompt_ids(examples[i])) + len(t) for i, t in zip(traj.example_idx, traj.tokens)]
+
+
+def test_best_of_n_never_reads_the_answer(sampled, monkeypatch):
+    engine, task, examples, traj = sampled
+    scores, _ = best_of_n.select(engine, examples, traj)
+    changed = [dataclasses.replace(ex, answer=str(int(ex.answer) + 1 + i)) for i, ex in enumerate(examples)]
+    monkeypatch.setattr(task, "observation", lambda ex: pytest.fail("best-of-N read the observation Y"))
+    again, _ = best_of_n.select(engine, changed, traj)
+    assert torch.equal(scores, again)
+
+
+def test_best_of_n_evaluation_keeps_the_top_scored_sample(tiny_policy):
+    task = ArithmeticTask(Config(**SMALL), None)
+    ctx, logged = context(tiny_policy, task)
+    best_of_n.train(ctx, best_of_n.Config())
+    assert logged == []
+    queries = task.validation_examples()[:2]
+    voted = evaluate(ctx.engine, queries, samples=3, temperature=1.5)
+    chosen = evaluate(ctx.engine, queries, samples=3, temperature=1.5, select=best_of_n.select)
+    # Same seed, same samples: only the choice and its cost differ.
+    assert chosen.metrics["loglik_mean"] == voted.metrics["loglik_mean"]
+    assert chosen.metrics["forward_tokens"] > voted.metrics["forward_tokens"]
+    repeated = [ex for ex in queries for _ in range(3)]
+    traj = ctx.engine.sample(repeated, [1.5] * 6, torch.Generator(device=tiny_policy.device).manual_seed(0))
+    scores, _ = best_of_n.select(ctx.engine, repeated, traj)
+    texts = ctx.engine.texts(traj)
+    for q, row in enumerate(chosen.rows):
+        assert row["sample"] == texts[3 * q + int(scores[3 * q:3 * q + 3].argmax())]
+        assert row["vote"] == task.extract_answer(row["sample"])
+
+
+def test_best_of_n_can_start_from_a_saved_adapter(tiny_policy, tmp_path):
+    with torch.no_grad():
+        for p in tiny_policy.trainable_parameters():
+            p.add_(0.1)
+    tiny_policy.save_adapter(str(tmp_path))
+    trained = snapshot(tiny_policy)
+    with torch.no_grad():
+        for p in tiny_policy.trainable_parameters():
+            p.zero_()
+    ctx, _ = context(tiny_policy, ArithmeticTask(Config(**SMALL), None))
+    best_of_n.train(ctx, best_of_n.Config(policy=str(tmp_path)))
+    assert moved(tiny_policy, trained) == 0
+
+
+def test_methods_arithmetic_sweep_runs_every_method():
+    plan = plan_sweep({"sweep": "methods_arithmetic", "scale": "cpu"})
+    assert sorted(m.name for m in plan.methods) == sorted(METHODS)
+    by_name = {m.name: m for m in plan.methods}
+    assert by_name["prompting"].config.method_cfg.shots == 3
+    assert all(by_name[m].trials == 1 and not by_name[m].search for m in ("prompting", "best_of_n"))
