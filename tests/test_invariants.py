@@ -16,7 +16,7 @@ from methods.engine.models import ModelConfig, load_policy
 from tasks.arithmetic import ArithmeticTask, Config
 
 NOT_TRAINED = {"prompting", "best_of_n"}
-STEPS = 3
+STEPS = 5  # the issue asks for the first 5 losses to repeat
 BUDGET = TrainConfig(steps=STEPS, batch_prompts=2, samples_per_prompt=2, eval_every=0, batch_size=8)
 
 
