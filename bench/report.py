@@ -86,9 +86,11 @@ def build_leaderboard(client: mlflow.MlflowClient, experiment_id: str, parent_ru
     )
     cells: dict[str, dict[str, list[float]]] = {}
     if not runs.empty:
-        runs = runs.sort_values(["tags.method", "tags.seed"], key=lambda column: column.map(_seed_order))
+        # A row per sweep entry; runs recorded before entries existed have only their method.
+        runs["row"] = runs["tags.entry"].fillna(runs["tags.method"]) if "tags.entry" in runs else runs["tags.method"]
+        runs = runs.sort_values(["row", "tags.seed"], key=lambda column: column.map(_seed_order))
     for _, run in runs.iterrows():
-        per_metric = cells.setdefault(run["tags.method"], {})
+        per_metric = cells.setdefault(run["row"], {})
         for metric, *_ in COLUMNS:
             value = run.get(f"metrics.{metric}")
             if value is not None and not pd.isna(value):

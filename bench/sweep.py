@@ -3,23 +3,32 @@
 A sweep is `sweeps/<name>.yaml`:
 
     description: one line, shown by --help
-    base: {task: arithmetic, model: tiny, scale: smoke}    # overrides for every run
+    base:                                                 # overrides for every run
+      task: arithmetic
+      model: tiny
+      train.steps: {smoke: 3, cpu: 3, paper: 1000}        # any value may be given per scale
+    tasks:                                                # overrides for runs of one task
+      arithmetic: {task.max_actions: 16}
     objective: {metric: valid/accuracy, direction: maximize}
-    methods:
+    methods:                                              # the leaderboard's rows
       gfn_tb:
         trials: 2                                         # or per scale: {cpu: 2, paper: 20}
-        fixed: {method.loss: tb}                          # overrides for this method's runs
+        fixed: {method.loss: tb}                          # overrides for this entry's runs
         search:                                           # Optuna search space
           method.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
           method.loss: {type: categorical, choices: [tb, subtb, vargrad]}
           train.batch_prompts: {type: int, low: 2, high: 8, step: 2}
+      zero_shot:                                          # an entry named apart from its method
+        method: prompting
+        trials: 1
+        fixed: {method.shots: 0}
     final:
       seeds: [0, 1]                                       # or per scale: {cpu: [0, 1], paper: [0, 1, 2]}
 
-Layers, lowest first: scale preset < `base` < the method's `fixed` < command line < suggestions.
-`method=NAME` on the command line runs only that method of the sweep.
+Layers, lowest first: scale preset < `base` < `tasks.<task>` < the entry's `fixed` < command line <
+suggestions. `method=NAME` on the command line runs only the entries named NAME or using method NAME.
 
-Each method has its own study `<sweep>.<method>`, kept in `<run_dir>/<sweep>/optuna.journal`, so
+Each entry has its own study `<sweep>.<entry>`, kept in `<run_dir>/<sweep>/optuna.journal`, so
 a second invocation resumes it: finished trials count towards `trials`, trials cut off by a stop
 are closed as failed and run again, and the finals are re-run. One driver per sweep folder at a
 time. Trials and final runs are submitit jobs; their MLflow runs are children of one parent run
@@ -48,6 +57,7 @@ from bench.config import (SWEEPS_DIR, ConfigError, Layer, RunConfig, build_confi
 from bench.scales import SCALES
 from bench.trial import run_trial
 from methods import METHODS
+from tasks import TASKS
 from methods.engine.metrics import METRICS
 
 # Settings of the whole sweep, which `base` or the command line may set but a method may not.
@@ -85,7 +95,10 @@ class SearchParam:
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """One entry of `methods:`, a row of the leaderboard: `name` is its label, `method` what it runs."""
+
     name: str
+    method: str
     trials: int | dict[str, int]
     fixed: dict[str, Any]
     search: tuple[SearchParam, ...]
@@ -97,6 +110,7 @@ class SweepSpec:
     path: Path
     description: str
     base: dict[str, Any]
+    tasks: dict[str, dict[str, Any]]
     metric: str
     direction: str
     methods: dict[str, MethodSpec]
@@ -138,6 +152,14 @@ class _Reader:
         if not check(value):
             raise self.error(where, f"expected {what} (or a mapping scale -> {what}), got {value!r}")
         return value
+
+    def overrides(self, value: Any, where: str) -> dict[str, Any]:
+        """`key: value` config overrides; a mapping value holds one value per scale."""
+        out = self.mapping(value, where)
+        for key, item in out.items():
+            if isinstance(item, dict):
+                self.by_scale(item, f"{where}.{key}", lambda v: not isinstance(v, dict), "a value")
+        return out
 
     def search_param(self, key: str, value: Any, where: str) -> SearchParam:
         spec = self.mapping(value, where, {"type", "low", "high", "log", "step", "choices"}, {"type"})
@@ -188,14 +210,23 @@ def load_spec(name: str) -> SweepSpec:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise read.error("", f"invalid YAML: {' '.join(str(err).split())}") from None
-    top = read.mapping(raw, "", {"description", "base", "objective", "methods", "final"},
+    top = read.mapping(raw, "", {"description", "base", "tasks", "objective", "methods", "final"},
                        {"description", "objective", "methods", "final"})
     if not isinstance(top["description"], str) or not top["description"].strip():
         raise read.error("description", "expected one line of text")
-    base = read.mapping(top.get("base"), "base")
+    base = read.overrides(top.get("base"), "base")
     for key in ("method", "sweep"):
         if key in base:
             raise read.error("base", f"'{key}' cannot be set here (list methods under 'methods')")
+    if isinstance(base.get("scale"), dict):
+        raise read.error("base.scale", "the scale cannot depend on the scale")
+    tasks = {}
+    for task, value in read.mapping(top.get("tasks"), "tasks").items():
+        if task not in TASKS:
+            raise read.error(f"tasks.{task}", f"unknown task '{task}'; choose one of: {', '.join(sorted(TASKS))}")
+        tasks[task] = read.overrides(value, f"tasks.{task}")
+        if {"task", "method", "sweep"} & set(tasks[task]):
+            raise read.error(f"tasks.{task}", "task, method and sweep cannot be set per task")
 
     objective = read.mapping(top["objective"], "objective", {"metric", "direction"}, {"metric"})
     metric = objective["metric"]
@@ -209,20 +240,24 @@ def load_spec(name: str) -> SweepSpec:
         raise read.error("objective.direction", f"expected maximize or minimize, got {direction!r}")
 
     methods = {}
-    for method, value in read.mapping(top["methods"], "methods").items():
-        where = f"methods.{method}"
+    for label, value in read.mapping(top["methods"], "methods").items():
+        where = f"methods.{label}"
+        spec = read.mapping(value, where, {"method", "trials", "fixed", "search"}, {"trials"})
+        method = spec.get("method", label)
         if method not in METHODS:
-            raise read.error(where, f"unknown method '{method}'; choose one of: {', '.join(sorted(METHODS))}")
-        spec = read.mapping(value, where, {"trials", "fixed", "search"}, {"trials"})
+            hint = "" if "method" in spec else f" (or give entry '{label}' a 'method:' key)"
+            raise read.error(where, f"unknown method '{method}'; choose one of: {', '.join(sorted(METHODS))}{hint}")
+        if "." in label or "/" in label:
+            raise read.error(where, f"entry name '{label}' may not hold '.' or '/'")
         trials = read.by_scale(spec["trials"], f"{where}.trials",
                                lambda n: type(n) is int and n >= 1, "a positive integer")
-        fixed = read.mapping(spec.get("fixed"), f"{where}.fixed")
+        fixed = read.overrides(spec.get("fixed"), f"{where}.fixed")
         search = read.mapping(spec.get("search"), f"{where}.search")
         for key in [*fixed, *search]:
             if key in SWEEP_WIDE or key == "method":
                 raise read.error(where, f"'{key}' is a setting of the whole sweep, not of one method")
         params = tuple(read.search_param(key, item, f"{where}.search.{key}") for key, item in search.items())
-        methods[method] = MethodSpec(method, trials, fixed, params)
+        methods[label] = MethodSpec(label, method, trials, fixed, params)
     if not methods:
         raise read.error("methods", "list at least one method")
 
@@ -230,7 +265,7 @@ def load_spec(name: str) -> SweepSpec:
     seeds = read.by_scale(final["seeds"], "final.seeds",
                           lambda s: isinstance(s, list) and s and all(type(x) is int for x in s),
                           "a non-empty list of integer seeds")
-    return SweepSpec(name, path, top["description"].strip(), base, metric, direction, methods, seeds)
+    return SweepSpec(name, path, top["description"].strip(), base, tasks, metric, direction, methods, seeds)
 
 
 def _for_scale(value: Any, scale: str, read: _Reader, where: str) -> Any:
@@ -246,7 +281,7 @@ def _for_scale(value: Any, scale: str, read: _Reader, where: str) -> Any:
 
 @dataclass
 class MethodPlan:
-    name: str
+    name: str  # the entry's label (its method is config.method)
     layers: list[Layer]  # scale preset excluded: build_config adds it
     config: RunConfig  # the layers resolved, without suggestions
     trials: int
@@ -286,22 +321,35 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
     read = _Reader(spec.path)
     cli = dict(overrides)
     only = cli.pop("method", None)
-    if only is not None and check_choice("method", only, sorted(METHODS)) not in spec.methods:
-        raise ConfigError(f"method {only!r} is not in sweep {spec.name}; it has: {', '.join(spec.methods)}")
+    entries = list(spec.methods)
+    if only is not None:
+        entries = [label for label, entry in spec.methods.items() if only in (label, entry.method)]
+        if not entries:
+            raise ConfigError(f"sweep {spec.name} has no entry or method {only!r}; "
+                              f"its entries: {', '.join(spec.methods)}")
     scale = resolve_scale(check_choice("scale", cli.get("scale", spec.base.get("scale", "auto")),
                                        [*SCALES, "auto"]))
-    base_layer = (f"{read.label}: base", {**spec.base, "scale": scale})
+
+    def at_scale(layer: dict[str, Any], where: str) -> dict[str, Any]:
+        return {key: _for_scale(value, scale, read, f"{where}.{key}") for key, value in layer.items()}
+
+    base = at_scale(spec.base, "base")
+    task = cli.get("task", base.get("task", RunConfig.__dataclass_fields__["task"].default))
+    shared_layers: list[Layer] = [(f"{read.label}: base", {**base, "scale": scale})]
+    if task in spec.tasks:
+        shared_layers.append((f"{read.label}: tasks.{task}", at_scale(spec.tasks[task], f"tasks.{task}")))
 
     plans = []
-    for method in [only] if only else list(spec.methods):
-        mspec = spec.methods[method]
-        layers: list[Layer] = [base_layer, (f"{read.label}: methods.{method}.fixed", {"method": method, **mspec.fixed}),
+    for label in entries:
+        mspec = spec.methods[label]
+        fixed = at_scale(mspec.fixed, f"methods.{label}.fixed")
+        layers: list[Layer] = [*shared_layers, (f"{read.label}: methods.{label}.fixed", {"method": mspec.method, **fixed}),
                                (None, cli)]
         config = build_config(layers)
         check_task(config)
         known = slots(config)
         for param in mspec.search:
-            where = f"methods.{method}.search.{param.key}"
+            where = f"methods.{label}.search.{param.key}"
             if param.key not in known:
                 close = difflib.get_close_matches(param.key, list(known), n=1, cutoff=0.6)
                 raise read.error(where, f"unknown key '{param.key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
@@ -310,8 +358,8 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
                     convert(param.key, value, known[param.key].type)
                 except ConfigError as err:
                     raise read.error(where, str(err)) from None
-        trials = _for_scale(mspec.trials, scale, read, f"methods.{method}.trials")
-        plans.append(MethodPlan(method, layers, config, trials, mspec.search))
+        trials = _for_scale(mspec.trials, scale, read, f"methods.{label}.trials")
+        plans.append(MethodPlan(label, layers, config, trials, mspec.search))
     seeds = _for_scale(spec.seeds, scale, read, "final.seeds")
     plan = SweepPlan(spec, plans[0].config, plans, seeds, overrides)
     _check_resumable(plan)
@@ -484,8 +532,8 @@ def _trial_jobs(plan: SweepPlan, studies: dict[str, optuna.Study], todo: dict[st
             params = {p.key: p.suggest(trial) for p in method.search}
             label = f"{method.name} trial {trial.number}"
             cfg = method.config_for((f"optuna trial {trial.number}", params))
-            yield _Job(cfg, {"stage": "trial", "parent_run_id": parent_id,
-                                    "trial_number": trial.number, "evaluate_test": False},
+            yield _Job(cfg, {"stage": "trial", "parent_run_id": parent_id, "entry": method.name,
+                             "trial_number": trial.number, "evaluate_test": False},
                        on_result=_teller(study, trial, label, plan.spec.metric, bar),
                        on_error=_failer(study, trial, label, bar))
 
@@ -546,7 +594,7 @@ def _run_finals(plan: SweepPlan, best: dict[str, optuna.trial.FrozenTrial], pool
             for seed in plan.seeds:
                 label = f"{method.name} final seed {seed}"
                 cfg = method.config_for((f"optuna trial {trial.number}", trial.params), ("final", {"seed": seed}))
-                yield _Job(cfg, {"stage": "final", "parent_run_id": parent_id,
+                yield _Job(cfg, {"stage": "final", "parent_run_id": parent_id, "entry": method.name,
                                  "trial_number": trial.number, "evaluate_test": True},
                            on_result=done(label), on_error=failed(label))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import tempfile
 import time
 import traceback
 from typing import Any
@@ -31,6 +32,7 @@ from methods.engine.models import load_policy
 from tasks import task_class
 from tasks.base import Example
 
+ADAPTER_ARTIFACT = "adapter"  # where a run's trained LoRA adapter is stored among its artifacts
 # Step metrics shown on the progress bar: bar label -> metric a method logs.
 _POSTFIX = {"loss": "loss", "logR": "log_reward"}
 
@@ -53,10 +55,11 @@ def _weighted_means(results: list[tuple[int, dict[str, float]]]) -> dict[str, fl
             for key in results[0][1]} if total else {}
 
 
-def run_tags(cfg: RunConfig, stage: str, trial_number: int | None) -> dict[str, str]:
+def run_tags(cfg: RunConfig, stage: str, trial_number: int | None, entry: str | None = None) -> dict[str, str]:
+    """`entry` is the sweep row a run belongs to (by default its method)."""
     sha, dirty = tracking.git_sha()
     return {
-        "method": cfg.method, "task": cfg.task, "model": cfg.model.name or cfg.model.gguf or cfg.model.preset,
+        "method": cfg.method, "entry": entry or cfg.method, "task": cfg.task, "model": cfg.model.name or cfg.model.gguf or cfg.model.preset,
         "seed": str(cfg.seed), "trial": "" if trial_number is None else str(trial_number),
         "stage": stage, "sweep": cfg.sweep or "", "scale": cfg.scale,
         "git_sha": sha, "git_dirty": str(dirty).lower(), "hostname": socket.gethostname(),
@@ -64,15 +67,16 @@ def run_tags(cfg: RunConfig, stage: str, trial_number: int | None) -> dict[str, 
 
 
 def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | None = None,
-              trial_number: int | None = None, evaluate_test: bool = True) -> dict[str, float]:
+              trial_number: int | None = None, evaluate_test: bool = True,
+              entry: str | None = None) -> dict[str, float]:
     """Train `cfg.method` on `cfg.task`, evaluate, record everything; return the final metrics."""
     started = time.monotonic()
     experiment_id = tracking.ensure_experiment(cfg)
-    tags = run_tags(cfg, stage, trial_number)
+    tags = run_tags(cfg, stage, trial_number, entry)
     if parent_run_id:
         # The tag (not start_run(nested=True)) is what makes a child across processes.
         tags["mlflow.parentRunId"] = parent_run_id
-    name = f"{cfg.method}-seed{cfg.seed}" + ("" if trial_number is None else f"-trial{trial_number}")
+    name = f"{entry or cfg.method}-seed{cfg.seed}" + ("" if trial_number is None else f"-trial{trial_number}")
     mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}-{name}", tags=tags)
     try:
         mlflow.log_params({key: "null" if value is None else value for key, value in flatten(cfg).items()})
@@ -135,6 +139,11 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
         bar.close()
     metrics = {"train_time_s": time.monotonic() - train_started}
     mlflow.log_metric("train_time_s", metrics["train_time_s"], step=cfg.train.steps)
+    if not policy.adapter_is_identity():
+        # The trained policy, for `method=best_of_n method.policy=<this run's id>` and for users.
+        with tempfile.TemporaryDirectory() as folder:
+            policy.save_adapter(folder)
+            mlflow.log_artifacts(folder, ADAPTER_ARTIFACT)
     # Validation and test splits share one sampling pass.
     splits = {"valid": valid}
     tests = task.eval_splits() if evaluate_test else []

@@ -136,3 +136,64 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(flaky_sweep, tmp_path):
     # Other settings would mix two experiments in one study: refused before anything runs.
     with pytest.raises(ConfigError, match="made with other settings .*train.steps"):
         plan_sweep({**flaky_sweep, "train.steps": "5"})
+
+
+ENTRIES = """\
+description: one method under two entries, values per scale and per task
+base:
+  model: tiny
+  scale: smoke
+  launcher: debug
+  threads: 1
+  train.steps: {smoke: 2, paper: 100}
+tasks:
+  arithmetic: {task.n_demos: 4, task.n_train: 20, task.n_valid: 4, task.n_test: 4, task.max_actions: 8}
+objective: {metric: valid/accuracy}
+methods:
+  works:
+    trials: 1
+  slow_works:
+    method: works
+    trials: 1
+    fixed: {method.lr: {smoke: 1.0e-4, paper: 1.0e-5}}
+final: {seeds: [0]}
+"""
+
+
+def test_entries_name_leaderboard_rows_and_values_follow_scale_and_task(flaky_sweep, tmp_path):
+    (tmp_path / "entries.yaml").write_text(ENTRIES)
+    overrides = {**flaky_sweep, "sweep": "entries"}
+    plan = plan_sweep(overrides)
+    assert [(m.name, m.config.method) for m in plan.methods] == [("works", "works"), ("slow_works", "works")]
+    assert [m.config.train.steps for m in plan.methods] == [2, 2]
+    assert plan.methods[1].config.method_cfg.lr == 1e-4 and plan.methods[0].config.method_cfg.lr == 1e-3
+    assert plan.methods[0].config.task_cfg.max_actions == 8
+    assert [m.name for m in plan_sweep({**overrides, "method": "slow_works"}).methods] == ["slow_works"]
+    assert [m.name for m in plan_sweep({**overrides, "method": "works"}).methods] == ["works", "slow_works"]
+    with pytest.raises(ConfigError, match="no entry or method 'ppo'.*works, slow_works"):
+        plan_sweep({**overrides, "method": "ppo"})
+
+    assert run_sweep(plan) == 0
+    finals = runs_of(os.environ["MLFLOW_TRACKING_URI"], "entries", "tags.stage = 'final'")
+    assert sorted(finals["tags.entry"]) == ["slow_works", "works"] and set(finals["tags.method"]) == {"works"}
+    board = (tmp_path / "results" / "entries" / "leaderboard.md").read_text()
+    assert "| slow_works |" in board and "| works |" in board
+
+
+@pytest.mark.parametrize("entry, error", [
+    ("  nope:\n", r"unknown method 'nope'.*\(or give entry 'nope' a 'method:' key\)"),
+    ("  slow_works:\n    method: nope\n", r"methods.slow_works: unknown method 'nope'; choose one of"),
+])
+def test_an_entry_must_name_a_method(flaky_sweep, tmp_path, entry, error):
+    (tmp_path / "bad.yaml").write_text(ENTRIES.replace("  slow_works:\n    method: works\n", entry))
+    with pytest.raises(ConfigError, match=error):
+        plan_sweep({**flaky_sweep, "sweep": "bad"})
+
+
+def test_per_scale_values_need_the_scale_in_use(flaky_sweep, tmp_path):
+    (tmp_path / "bad.yaml").write_text(ENTRIES.replace("scale: smoke", "scale: cpu"))
+    with pytest.raises(ConfigError, match=r"base.train.steps: no value for scale 'cpu'"):
+        plan_sweep({**flaky_sweep, "sweep": "bad"})
+    (tmp_path / "bad.yaml").write_text(ENTRIES.replace("tasks:\n  arithmetic:", "tasks:\n  arithmetics:"))
+    with pytest.raises(ConfigError, match="unknown task 'arithmetics'"):
+        plan_sweep({**flaky_sweep, "sweep": "bad"})

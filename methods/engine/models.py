@@ -201,6 +201,11 @@ class Policy:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def adapter_is_identity(self) -> bool:
+        """True while every LoRA B matrix is zero (as peft initializes it): the adapter then
+        changes nothing and the policy is the base LM."""
+        return all(not p.any() for n, p in self.model.named_parameters() if "lora_B" in n)
+
     def save_adapter(self, path: str) -> None:
         self.model.save_pretrained(path)  # adapter_config.json + adapter_model.safetensors (LoRA weights only)
 
