@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gfn-bench-setup
 PYTEST_ARGS ?=
 
-.PHONY: setup test run
+.PHONY: setup test run slurm-up slurm-down
 
 setup: $(STAMP)
 
@@ -27,3 +27,10 @@ test: setup
 
 run: setup
 	$(PY) -m bench.run sweep=gfn_vs_ppo
+
+# A real single-node SLURM cluster on this machine (root, Debian): see slurm/README.md.
+slurm-up:
+	slurm/dev-cluster/start.sh
+
+slurm-down:
+	slurm/dev-cluster/stop.sh

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from methods.checkpoint import Checkpointer
 from methods.engine.engine import Engine
 from methods.engine.models import Policy
 from tasks.base import Example, Task
@@ -29,6 +30,9 @@ class TrainConfig:
     eval_temperature: float = field(default=0.1, metadata={"help": "sampling temperature at evaluation (paper: 0.1)"})
     batch_size: int = field(default=64, metadata={"help": "sequences per forward pass when sampling or scoring without gradients"})
     log_samples: int = field(default=8, metadata={"help": "sample rationales kept in the run's table"})
+    checkpoint_every: int = field(default=10, metadata={
+        "help": "steps between checkpoints of the training state, and one at the last step (0: never); "
+                "a restarted run continues after its latest checkpoint"})
 
 
 @dataclass
@@ -44,6 +48,8 @@ class TrainContext:
     """Evaluate the current policy on the validation split at a step; returns (and logs) metrics."""
     log_samples: Callable[[list[dict[str, Any]], int], None] = lambda rows, step: None
     """Record a few sample rationales (query, sample, log R, ...) as a table."""
+    checkpoints: Checkpointer | None = None
+    """Where the method saves and finds its training state; None: no checkpoints, start at step 0."""
 
 
 @dataclass

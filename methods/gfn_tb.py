@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 import torch
 
 from methods.base import QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
+from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 from methods.engine.replay import ReplayBuffer
 from methods.engine.rollout import Trajectories
+from tasks.base import Example
 
 LOSSES = ("tb", "subtb", "vargrad")
 
@@ -79,6 +81,24 @@ def subtb_loss(action_logp: torch.Tensor, term_logp: torch.Tensor, log_r: torch.
 
 # --- training ----------------------------------------------------------------------------------
 
+class UnseededDemos:
+    """Worked rationales not yet in the replay buffer. Each enters when its query is first drawn:
+    scoring all of them up front would cost a reward pass over every demonstration before the first step."""
+
+    def __init__(self, demos: list[Example]):
+        self.pending = {ex.query: ex for ex in demos}
+
+    def take(self, batch: list[Example]) -> list[Example]:
+        """The pending demonstrations of the queries in `batch`, no longer pending."""
+        return [self.pending.pop(ex.query) for ex in batch if ex.query in self.pending]
+
+    def state_dict(self) -> dict:
+        return {"pending": list(self.pending)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pending = {query: self.pending[query] for query in state["pending"]}
+
+
 def train(ctx: TrainContext, cfg: Config) -> None:
     if cfg.loss not in LOSSES:
         raise ValueError(f"method.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
@@ -100,15 +120,16 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     pool = ctx.task.demonstrations() + ctx.task.train_examples()
     queries = QuerySampler(pool, ctx.seed)
     buffer = ReplayBuffer(cfg.buffer_size)
-    # Worked rationales enter the buffer when their query is first drawn: scoring all of them up
-    # front would cost a reward pass over every demonstration before the first step.
-    unseeded = {ex.query: ex for ex in ctx.task.demonstrations() if ex.rationale} if cfg.seed_buffer else {}
+    unseeded = UnseededDemos([ex for ex in ctx.task.demonstrations() if ex.rationale] if cfg.seed_buffer else [])
+    resumable = {"optimizer": optimizer, "schedule": schedule, "log_z_head": log_z_head, "buffer": buffer,
+                 "unseeded": unseeded, "queries": queries.rng, "rng": rng, "generator": generator}
+    start = resume_from_checkpoint(ctx, resumable)
 
     k = budget.samples_per_prompt
-    for step in range(budget.steps):
+    for step in range(start, budget.steps):
         temp_r = cfg.reward_temperature(step)
         batch = queries.draw(budget.batch_prompts)
-        demos = [unseeded.pop(ex.query) for ex in batch if ex.query in unseeded]
+        demos = unseeded.take(batch)
         if demos:
             traj = engine.demonstrations(demos)
             rewards = engine.log_reward(traj, demos, per_prefix=per_prefix)
@@ -184,10 +205,12 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         }, step)
         if budget.eval_every and (step + 1) % budget.eval_every == 0 and step + 1 < budget.steps:
             ctx.evaluate(step + 1)
-    texts = engine.texts(traj)
-    ctx.log_samples([{"query": examples[i].query, "sample": texts[i],
-                      "log_reward": float(final_r[i] * temp_r)} for i in range(min(len(traj), budget.log_samples))],
-                    budget.steps)
+        if step + 1 == budget.steps:  # here, not after the loop: a run resumed after its last step has no samples
+            texts = engine.texts(traj)
+            ctx.log_samples([{"query": examples[i].query, "sample": texts[i], "log_reward": float(final_r[i] * temp_r)}
+                             for i in range(min(len(traj), budget.log_samples))], budget.steps)
+        # Last in the step, after its metrics and evaluation: a resumed run repeats and skips none.
+        checkpoint_if_due(ctx, step, resumable)
 
 
 def _stored_rewards(items, per_prefix: bool) -> torch.Tensor:

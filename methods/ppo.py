@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from methods.base import QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
+from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 from methods.engine.rollout import Scores, Trajectories
 
 
@@ -74,8 +75,11 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     schedule = warmup_schedule(optimizer, cfg.warmup_steps)
     queries = QuerySampler(ctx.task.demonstrations() + ctx.task.train_examples(), ctx.seed)
     k = budget.samples_per_prompt
+    resumable = {"optimizer": optimizer, "schedule": schedule, "value_head": value_head,
+                 "queries": queries.rng, "generator": generator}
+    start = resume_from_checkpoint(ctx, resumable)
 
-    for step in range(budget.steps):
+    for step in range(start, budget.steps):
         temp_r = cfg.reward_temperature(step)
         examples = [ex for ex in queries.draw(budget.batch_prompts) for _ in range(k)]
         traj = engine.sample(examples, [1.0] * len(examples), generator)
@@ -143,6 +147,9 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         }, step)
         if budget.eval_every and (step + 1) % budget.eval_every == 0 and step + 1 < budget.steps:
             ctx.evaluate(step + 1)
-    texts = engine.texts(traj)
-    ctx.log_samples([{"query": examples[i].query, "sample": texts[i], "log_reward": float(log_r[i] * temp_r)}
-                     for i in range(min(len(traj), budget.log_samples))], budget.steps)
+        if step + 1 == budget.steps:  # here, not after the loop: a run resumed after its last step has no samples
+            texts = engine.texts(traj)
+            ctx.log_samples([{"query": examples[i].query, "sample": texts[i], "log_reward": float(log_r[i] * temp_r)}
+                             for i in range(min(len(traj), budget.log_samples))], budget.steps)
+        # Last in the step, after its metrics and evaluation: a resumed run repeats and skips none.
+        checkpoint_if_due(ctx, step, resumable)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from methods.base import QuerySampler, TrainContext, check_finite, micro_batches, warmup_schedule
+from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 
 
 @dataclass
@@ -38,8 +39,10 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     sampler = QuerySampler(demos, ctx.seed)
     # As many sequences per step as the sampling methods train on, so budgets compare.
     per_step = budget.batch_prompts * budget.samples_per_prompt
+    resumable = {"optimizer": optimizer, "schedule": schedule, "queries": sampler.rng}
+    start = resume_from_checkpoint(ctx, resumable)
 
-    for step in range(budget.steps):
+    for step in range(start, budget.steps):
         traj = engine.demonstrations(sampler.draw(per_step))
         n_targets = target_tokens(traj.n_actions)
         optimizer.zero_grad(set_to_none=True)
@@ -57,3 +60,5 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         ctx.log_metrics({"loss": total, "tokens": float(n_targets), "lr": schedule.get_last_lr()[0]}, step)
         if budget.eval_every and (step + 1) % budget.eval_every == 0 and step + 1 < budget.steps:
             ctx.evaluate(step + 1)
+        # Last in the step, after its metrics and evaluation: a resumed run repeats and skips none.
+        checkpoint_if_due(ctx, step, resumable)
