@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from bench.launch import LAUNCHERS, SlurmConfig, load_profile
 from bench.scales import SCALES
 from methods import METHODS, method_module
 from methods.base import TrainConfig
@@ -26,10 +27,6 @@ from tasks import TASKS, task_class
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_DIR = REPO_ROOT / "sweeps"
-LAUNCHERS: dict[str, str] = {
-    "local": "each trial in its own subprocess on this machine (submitit cluster='local')",
-    "debug": "trials in this process, one after the other (submitit cluster='debug'); a failing run opens pdb",
-}
 
 
 class ConfigError(ValueError):
@@ -66,7 +63,23 @@ class RunConfig:
         "help": "torch CPU threads per run; 0: all cores for a single run, cores / max_parallel for sweep runs "
                 "(threads of one run waiting on each other slow small models many times on a busy machine)"})
     trial_timeout_min: int = field(default=24 * 60, metadata={
-        "help": "time limit of each sweep job, in minutes (submitit's local default is 2)"})
+        "help": "time limit of each local sweep job, in minutes (submitit's local default is 2; "
+                "SLURM jobs take slurm.time_min)"})
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={
+        "help": "SLURM job settings for launcher=slurm (`slurm=<profile>` picks slurm/<profile>.yaml)"})
+    heartbeat_s: float = field(default=30.0, metadata={
+        "help": "seconds between a sweep worker's heartbeats for its running trial"})
+    stale_after_s: float = field(default=300.0, metadata={
+        "help": "a running trial without a heartbeat for this long is taken for dead and retried "
+                "from its last checkpoint"})
+    mlflow_server: bool = field(default=False, metadata={
+        "help": "serve the MLflow store over HTTP on 127.0.0.1 for the sweep's workers (many local "
+                "workers writing one SQLite file directly can hit 'database is locked')"})
+    system_metrics: bool = field(default=True, metadata={
+        "help": "log CPU, memory (and GPU) use of every run as MLflow system metrics"})
+    resume: bool = field(default=False, metadata={
+        "help": "require an unfinished sweep to continue (a sweep always continues its studies; "
+                "with resume=true, finding none is an error)"})
     sweep: str | None = field(default=None, metadata={
         "help": "run the sweep sweeps/<name>.yaml instead of a single run"})
     data_dir: str | None = field(default_factory=_default_data_dir, metadata={
@@ -255,11 +268,14 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
     Group choices (`task`, `method`) and the scale are decided first, over all layers, because
     they decide which keys exist and which preset sits under the layers.
     """
-    chosen = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in ("task", "method", "scale")}
+    chosen = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in ("task", "method", "scale", "launcher")}
+    chosen["slurm"] = SlurmConfig.profile
     for _, overrides in layers:
         for key in chosen:
             if key in overrides:
                 chosen[key] = overrides[key]
+        if "slurm.profile" in overrides:
+            chosen["slurm"] = overrides["slurm.profile"]
     check_choice("task", chosen["task"], sorted(TASKS))
     check_choice("method", chosen["method"], sorted(METHODS))
     check_choice("scale", chosen["scale"], [*SCALES, "auto"])
@@ -267,9 +283,15 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
 
     cfg = RunConfig(task=chosen["task"], method=chosen["method"], scale=scale)
     known = slots(cfg)
-    for source, overrides in [(f"scale {scale}", SCALES[scale]), *layers]:
+    cfg.launcher = check_choice("launcher", chosen["launcher"], list(LAUNCHERS))
+    cfg.slurm.profile = str(chosen["slurm"])
+    try:  # profiles are read only where they are used
+        profile = load_profile(cfg.slurm.profile) if cfg.launcher == "slurm" else {}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for source, overrides in [(f"scale {scale}", SCALES[scale]), (f"slurm/{cfg.slurm.profile}.yaml", profile), *layers]:
         for key, value in overrides.items():
-            if key in chosen:
+            if key in chosen or key == "slurm.profile":
                 continue
             try:
                 _set(known, "model.preset" if key == "model" else key, value)
@@ -277,12 +299,16 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
                 raise ConfigError(f"{source}: {err}" if source else str(err)) from None
     check_choice("model preset", cfg.model.preset, list(PRESETS))
     check_choice("model dtype", cfg.model.dtype, list(DTYPES))
-    check_choice("launcher", cfg.launcher, list(LAUNCHERS))
     if cfg.sweep is not None:
         check_choice("sweep", cfg.sweep, sweep_names())
     for key in ("max_parallel", "trial_timeout_min"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}: expected at least 1, got {getattr(cfg, key)}")
+    if cfg.train.checkpoint_every < 0:
+        raise ConfigError(f"train.checkpoint_every: expected 0 (never) or more, got {cfg.train.checkpoint_every}")
+    if cfg.heartbeat_s <= 0 or cfg.stale_after_s <= cfg.heartbeat_s:
+        raise ConfigError(f"heartbeat_s ({cfg.heartbeat_s}) must be positive and below stale_after_s "
+                          f"({cfg.stale_after_s})")
     if cfg.threads < 0:
         raise ConfigError(f"threads: expected 0 (torch's default) or more, got {cfg.threads}")
     # Absolute, so that trial subprocesses and the printed commands do not depend on the cwd.

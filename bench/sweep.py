@@ -26,16 +26,21 @@ A sweep is `sweeps/<name>.yaml`:
       seeds: [0, 1]                                       # or per scale: {cpu: [0, 1], paper: [0, 1, 2]}
 
 Layers, lowest first: scale preset < `base` < `tasks.<task>` < the entry's `fixed` < command line <
-suggestions. `method=NAME` on the command line runs only the entries named NAME or using method NAME.
+suggestions. `method=NAME` on the command line runs only the entries named NAME or using method NAME;
+`trials=N` gives every entry a budget of N trials.
 
-Each entry has its own study `<sweep>.<entry>`, kept in `<run_dir>/<sweep>/optuna.journal`, so
-a second invocation resumes it: finished trials count towards `trials`, trials cut off by a stop
-are closed as failed and run again, and the finals are re-run. One driver per sweep folder at a
-time. Trials and final runs are submitit jobs; their MLflow runs are children of one parent run
-per invocation.
+Each entry has its own study `<sweep>.<entry>`, kept in `<run_dir>/<sweep>/optuna.journal`.
+Trials are pulled from the studies by `max_parallel` workers (bench/worker.py: local subprocesses
+or one SLURM job array) until each entry's budget is spent; a trial whose worker died or was
+preempted is retried from its checkpoint, in the same MLflow run. Running the same command again
+continues the sweep: finished trials count towards `trials`, open ones are retried, and the
+finals are run again (a final cut off by a time limit continues from its checkpoint). One driver
+per sweep folder at a time. MLflow runs of trials and finals are children of one parent run per
+invocation.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
@@ -51,9 +56,10 @@ import yaml
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from bench import report, tracking
+from bench import launch, report, tracking, worker
 from bench.config import (SWEEPS_DIR, ConfigError, Layer, RunConfig, build_config, check_choice,
                           check_task, convert, flatten, resolve_scale, slots, sweep_names)
+from bench.interrupt import Interrupted, StopRequest
 from bench.scales import SCALES
 from bench.trial import run_trial
 from methods import METHODS
@@ -62,10 +68,18 @@ from methods.engine.metrics import METRICS
 
 # Settings of the whole sweep, which `base` or the command line may set but a method may not.
 SWEEP_WIDE = {"sweep", "scale", "launcher", "max_parallel", "threads", "run_dir", "results_dir",
-              "data_dir", "trial_timeout_min"}
-# Settings that change how a sweep executes, not what its runs compute (left out of the check
-# that a resumed study still describes the same experiment).
-EXECUTION_ONLY = SWEEP_WIDE - {"scale"}
+              "data_dir", "trial_timeout_min", "heartbeat_s", "stale_after_s", "mlflow_server",
+              "system_metrics", "resume", "slurm"}
+
+
+def sweep_wide(key: str) -> bool:
+    return key in SWEEP_WIDE or key.startswith("slurm.")
+
+
+def execution_only(key: str) -> bool:
+    """Settings that change how a sweep executes, not what its runs compute (left out of the
+    check that a resumed study still describes the same experiment)."""
+    return (sweep_wide(key) and key != "scale") or key == "train.checkpoint_every"
 
 
 # --- the YAML file --------------------------------------------------------------------------
@@ -254,7 +268,7 @@ def load_spec(name: str) -> SweepSpec:
         fixed = read.overrides(spec.get("fixed"), f"{where}.fixed")
         search = read.mapping(spec.get("search"), f"{where}.search")
         for key in [*fixed, *search]:
-            if key in SWEEP_WIDE or key == "method":
+            if sweep_wide(key) or key == "method":
                 raise read.error(where, f"'{key}' is a setting of the whole sweep, not of one method")
         params = tuple(read.search_param(key, item, f"{where}.search.{key}") for key, item in search.items())
         methods[label] = MethodSpec(label, method, trials, fixed, params)
@@ -292,7 +306,7 @@ class MethodPlan:
 
     def fingerprint(self, spec: SweepSpec) -> str:
         """What a study's trials depend on: a resumed study must still match it."""
-        settings = {key: value for key, value in flatten(self.config).items() if key not in EXECUTION_ONLY}
+        settings = {key: value for key, value in flatten(self.config).items() if not execution_only(key)}
         settings["objective"] = f"{spec.direction} {spec.metric}"
         settings["search"] = [repr(p) for p in self.search]
         return json.dumps(settings, sort_keys=True, default=str)
@@ -321,6 +335,11 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
     read = _Reader(spec.path)
     cli = dict(overrides)
     only = cli.pop("method", None)
+    trials_everywhere = cli.pop("trials", None)
+    if trials_everywhere is not None:
+        trials_everywhere = convert("trials", trials_everywhere, int)
+        if trials_everywhere < 1:
+            raise ConfigError(f"trials: expected at least 1, got {trials_everywhere}")
     entries = list(spec.methods)
     if only is not None:
         entries = [label for label, entry in spec.methods.items() if only in (label, entry.method)]
@@ -358,7 +377,7 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
                     convert(param.key, value, known[param.key].type)
                 except ConfigError as err:
                     raise read.error(where, str(err)) from None
-        trials = _for_scale(mspec.trials, scale, read, f"methods.{label}.trials")
+        trials = trials_everywhere or _for_scale(mspec.trials, scale, read, f"methods.{label}.trials")
         plans.append(MethodPlan(label, layers, config, trials, mspec.search))
     seeds = _for_scale(spec.seeds, scale, read, "final.seeds")
     plan = SweepPlan(spec, plans[0].config, plans, seeds, overrides)
@@ -369,18 +388,37 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
 # --- running it ------------------------------------------------------------------------------
 
 
+class FinalRun(submitit.helpers.Checkpointable):
+    """One final (seed) run as a job that survives a time limit: it checkpoints into `folder`
+    and, requeued, continues the same MLflow run from there."""
+
+    def __init__(self, cfg: RunConfig, folder: Path, kwargs: dict[str, Any]):
+        self.cfg, self.folder, self.kwargs = cfg, folder, kwargs
+
+    def __call__(self) -> dict[str, float]:
+        StopRequest.install()
+        id_file = self.folder / "mlflow_run_id"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            return run_trial(self.cfg, **self.kwargs, checkpoint_dir=self.folder / "checkpoint",
+                             run_id=id_file.read_text().strip() if id_file.exists() else None,
+                             on_run_started=id_file.write_text)
+        except Interrupted:
+            StopRequest.hand_back()  # a time limit: submitit requeues this job (and exits)
+            raise
+
+
 @dataclass
 class _Job:
-    """One submitted run: what to call when it finishes (value) or fails (error text)."""
+    """One submitted final run: what to call when it finishes (value) or fails (error text)."""
 
-    cfg: RunConfig
-    kwargs: dict[str, Any]
+    run: FinalRun
     on_result: Callable[[dict[str, float]], None]
     on_error: Callable[[str], None]
 
 
 def _error_summary(err: BaseException, job: submitit.Job) -> str:
-    """`ErrorType: message` of a failed run, and where its full log is."""
+    """`ErrorType: message` of a failed job, and where its full log is."""
     if not isinstance(err, submitit.core.utils.UncompletedJobError):  # raised in this process
         return f"{type(err).__name__}: {err}"
     # submitit 1.5.4 puts the remote traceback between two lines of 22 dashes.
@@ -390,12 +428,16 @@ def _error_summary(err: BaseException, job: submitit.Job) -> str:
     return f"{lines[-1] if lines else type(err).__name__} (log: {job.paths.stderr})"
 
 
-class _Pool:
-    """Runs jobs through a submitit executor, at most `max_parallel` at a time.
+def _finished(handle: submitit.Job) -> bool:
+    """Whether a job is over. A debug job runs inside done() and raises there."""
+    try:
+        return handle.done()
+    except Exception:
+        return True
 
-    Jobs come from an iterator that is advanced only when a slot frees up, so a trial is asked
-    from its study after the results submitted before it were told (TPE sees them).
-    """
+
+class _Pool:
+    """Runs final runs through a submitit executor, at most `max_parallel` at a time."""
 
     def __init__(self, executor: submitit.AutoExecutor, max_parallel: int, bar: tqdm):
         self.executor, self.max_parallel, self.bar = executor, max_parallel, bar
@@ -410,13 +452,11 @@ class _Pool:
                 if job is None:
                     exhausted = True
                     break
-                running.append((self.executor.submit(run_trial, job.cfg, **job.kwargs), job))
+                running.append((self.executor.submit(job.run), job))
             for handle, job in list(running):
+                if not _finished(handle):
+                    continue
                 try:
-                    # A debug job runs inside done() and raises there; calling it again would
-                    # run it again, so done() and result() share one try.
-                    if not handle.done():
-                        continue
                     result = handle.result()
                 except Exception as err:  # a failed run is reported and the sweep goes on
                     job.on_error(_error_summary(err, handle))
@@ -432,8 +472,11 @@ def _check_resumable(plan: SweepPlan) -> None:
     """Refuse to add trials to a study made for other settings (before anything is written)."""
     storage_path = plan.storage_path
     if not storage_path.exists():
+        if plan.cfg.resume:
+            raise ConfigError(f"resume=true, but there is no sweep to resume at {plan.folder}; "
+                              "check run_dir=, or drop resume=true to start one")
         return
-    storage = _storage(plan.storage_path)
+    storage = worker.storage(plan.storage_path)
     existing = set(optuna.get_all_study_names(storage))
     for method in plan.methods:
         name = f"{plan.spec.name}.{method.name}"
@@ -447,26 +490,11 @@ def _check_resumable(plan: SweepPlan) -> None:
                               f"({', '.join(changed[:5])}); pass another run_dir= or remove that folder")
 
 
-def _storage(path: Path) -> optuna.storages.JournalStorage:
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-
-
 def _open_study(plan: SweepPlan, method: MethodPlan, storage) -> optuna.Study:
     study = optuna.create_study(study_name=f"{plan.spec.name}.{method.name}", storage=storage,
-                                sampler=optuna.samplers.TPESampler(seed=method.config.seed),
                                 direction=plan.spec.direction, load_if_exists=True)
     study.set_user_attr("settings", method.fingerprint(plan.spec))
-    # Trials left RUNNING by a driver that was stopped will never be told: close them.
-    # They fail without an "error" attribute, so they do not count towards the budget.
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        study.tell(trial.number, state=TrialState.FAIL)
     return study
-
-
-def _counted(study: optuna.Study) -> int:
-    """Trials that count towards the budget: completed ones and those whose run failed."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and "error" in t.user_attrs))
 
 
 def run_sweep(plan: SweepPlan) -> int:
@@ -474,7 +502,12 @@ def run_sweep(plan: SweepPlan) -> int:
     method has no completed trial or a final run failed."""
     cfg, spec = plan.cfg, plan.spec
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from us
+    with tracking.serve(cfg.run_dir) if cfg.mlflow_server else contextlib.nullcontext():
+        return _run_sweep(plan)
 
+
+def _run_sweep(plan: SweepPlan) -> int:
+    cfg, spec = plan.cfg, plan.spec
     # Store and experiment first: workers must not race to create the SQLite schema.
     experiment_id = tracking.ensure_experiment(cfg)
     uri = tracking.tracking_uri(cfg.run_dir)
@@ -482,7 +515,7 @@ def run_sweep(plan: SweepPlan) -> int:
     sha, dirty = tracking.git_sha()
     parent = client.create_run(experiment_id, run_name=f"{spec.name}-{cfg.scale}", tags={
         "sweep": spec.name, "scale": cfg.scale, "stage": "sweep", "task": cfg.task,
-        "model": cfg.model.name or cfg.model.gguf or cfg.model.preset,
+        "model": cfg.model.name or cfg.model.gguf or cfg.model.preset, "launcher": cfg.launcher,
         "git_sha": sha, "git_dirty": str(dirty).lower(),
         "overrides": " ".join(f"{k}={v}" for k, v in plan.overrides.items()),
     })
@@ -490,20 +523,20 @@ def run_sweep(plan: SweepPlan) -> int:
     client.log_artifact(parent_id, str(spec.path))
 
     plan.folder.mkdir(parents=True, exist_ok=True)
-    storage = _storage(plan.storage_path)
-    studies = {m.name: _open_study(plan, m, storage) for m in plan.methods}
-    todo = {m.name: max(0, m.trials - _counted(studies[m.name])) for m in plan.methods}
+    store = worker.storage(plan.storage_path)
+    studies = {m.name: _open_study(plan, m, store) for m in plan.methods}
+    budgets = {m.name: m.trials for m in plan.methods}
     n_finals = len(plan.methods) * len(plan.seeds)
-    executor = submitit.AutoExecutor(folder=str(plan.folder / "submitit" / "%j"), cluster=cfg.launcher)
-    executor.update_parameters(timeout_min=cfg.trial_timeout_min, name=spec.name)
+    total = sum(budgets.values())
 
     status = "FAILED"
-    bar = tqdm(total=sum(todo.values()) + n_finals, desc=f"sweep {spec.name}", unit="run")
-    pool = _Pool(executor, cfg.max_parallel, bar)
+    bar = tqdm(total=total + n_finals, desc=f"sweep {spec.name}", unit="run")
     try:
-        pool.run(_trial_jobs(plan, studies, todo, parent_id, bar))
+        _run_workers(plan, parent_id, studies, budgets, bar)
         best = _best_trials(plan, studies, client, parent_id, bar)
-        failures = _run_finals(plan, best, pool, parent_id, bar)
+        ex = launch.executor(cfg.launcher, plan.folder / "submitit", f"{spec.name}-final", cfg.trial_timeout_min,
+                             cfg.slurm, cfg.max_parallel)
+        failures = _run_finals(plan, best, _Pool(ex, cfg.max_parallel, bar), parent_id, bar)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -523,38 +556,95 @@ def run_sweep(plan: SweepPlan) -> int:
     return 1 if missing or failures else 0
 
 
-def _trial_jobs(plan: SweepPlan, studies: dict[str, optuna.Study], todo: dict[str, int],
-                parent_id: str, bar: tqdm) -> Iterator[_Job]:
-    for method in plan.methods:
-        study = studies[method.name]
-        for _ in range(todo[method.name]):
-            trial = study.ask()
-            params = {p.key: p.suggest(trial) for p in method.search}
-            label = f"{method.name} trial {trial.number}"
-            cfg = method.config_for((f"optuna trial {trial.number}", params))
-            yield _Job(cfg, {"stage": "trial", "parent_run_id": parent_id, "entry": method.name,
-                             "trial_number": trial.number, "evaluate_test": False},
-                       on_result=_teller(study, trial, label, plan.spec.metric, bar),
-                       on_error=_failer(study, trial, label, bar))
+def _run_workers(plan: SweepPlan, parent_id: str, studies: dict[str, optuna.Study], budgets: dict[str, int],
+                 bar: tqdm) -> None:
+    """Start workers and watch the studies until every budget is spent.
+
+    The driver also retries stale trials, so that a sweep whose workers all died still recovers,
+    and starts new workers when claimable trials are left and none is alive (at most
+    `worker_rounds` times, so that a crash on start does not loop forever).
+    """
+    cfg = plan.cfg
+    live = worker.Liveness(cfg.heartbeat_s, cfg.stale_after_s)
+    uri = tracking.tracking_uri(cfg.run_dir)
+    lock = worker.claims_lock(plan.folder)
+    ex = launch.executor(cfg.launcher, plan.folder / "submitit", f"{plan.spec.name}-worker", cfg.trial_timeout_min,
+                         cfg.slurm, cfg.max_parallel)
+    seen: set[tuple[str, int]] = set()
+    jobs: list[submitit.Job] = []
+    rounds = 0
+    while True:
+        with worker._locked(lock):
+            for study in studies.values():
+                worker.fail_stale(plan.folder, study, live, uri)
+        _report_trials(studies, seen, plan.spec.metric, bar)
+        left = worker.remaining(studies, budgets)
+        bar.n = min(bar.total, sum(budgets.values()) - left)
+        bar.refresh()
+        alive = [job for job in jobs if not _finished(job)]
+        for job in jobs:
+            if job not in alive:
+                _report_worker(job, bar)
+        jobs = alive
+        if left == 0:
+            break
+        if not alive and _claimable(studies, budgets):
+            if rounds == WORKER_ROUNDS:
+                bar.write(f"stopping: workers were started {rounds} times and {left} trials are still open")
+                break
+            rounds += 1
+            count = min(cfg.max_parallel, left)
+            with ex.batch():  # one job array on SLURM
+                pending = [ex.submit(worker.Worker(plan.overrides, parent_id, i)) for i in range(count)]
+            jobs = list(pending)
+            _record_jobs(plan, jobs)
+            continue
+        time.sleep(POLL_S)
 
 
-def _teller(study: optuna.Study, trial: optuna.Trial, label: str, metric: str, bar: tqdm):
-    def tell(result: dict[str, float]) -> None:
-        value = result.get(metric)
-        if value is None or not math.isfinite(value):
-            _failer(study, trial, label, bar)(f"objective {metric} missing or not finite: {value}")
-            return
-        study.tell(trial, value)
-        bar.write(f"{label}: {metric}={value:.4g} {trial.params}")
-    return tell
+POLL_S = 2.0
+WORKER_ROUNDS = 3
 
 
-def _failer(study: optuna.Study, trial: optuna.Trial, label: str, bar: tqdm):
-    def fail(error: str) -> None:
-        trial.set_user_attr("error", error[:2000])
-        study.tell(trial, state=TrialState.FAIL)
-        bar.write(f"{label}: FAILED: {error}")
-    return fail
+def _claimable(studies: dict[str, optuna.Study], budgets: dict[str, int]) -> bool:
+    """Whether a new worker would find a trial to run now (not only stale ones to wait for)."""
+    for entry, study in studies.items():
+        running, waiting = worker.open_trials(study)
+        if waiting or worker.counted(study) + len(running) < budgets[entry]:
+            return True
+    return False
+
+
+def _report_trials(studies: dict[str, optuna.Study], seen: set[tuple[str, int]], metric: str, bar: tqdm) -> None:
+    """One line per trial that ended since the last call."""
+    for entry, study in studies.items():
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if (entry, t.number) in seen:
+                continue
+            seen.add((entry, t.number))
+            label = f"{entry} trial {t.user_attrs.get(worker.LINEAGE, t.number)}"
+            if t.state == TrialState.COMPLETE:
+                bar.write(f"{label}: {metric}={t.value:.4g} {t.params}")
+            elif worker.ERROR in t.user_attrs:
+                bar.write(f"{label}: FAILED: {t.user_attrs[worker.ERROR]}")
+            else:
+                bar.write(f"{label}: interrupted; retried from its checkpoint")
+
+
+def _report_worker(job: submitit.Job, bar: tqdm) -> None:
+    try:
+        job.result()
+    except Exception as err:
+        bar.write(f"worker {job.job_id} ended with an error: {_error_summary(err, job)}")
+
+
+def _record_jobs(plan: SweepPlan, jobs: list[submitit.Job]) -> None:
+    """Append the workers' job ids to `<sweep folder>/jobs.json`, for `python -m bench.status`."""
+    path = plan.folder / "jobs.json"
+    known = json.loads(path.read_text()) if path.exists() else []
+    known += [{"job_id": str(job.job_id), "launcher": plan.cfg.launcher, "kind": "worker",
+               "submitted": time.time(), "log": str(job.paths.stdout)} for job in jobs]
+    path.write_text(json.dumps(known, indent=1))
 
 
 def _best_trials(plan: SweepPlan, studies: dict[str, optuna.Study], client: mlflow.MlflowClient,
@@ -594,9 +684,11 @@ def _run_finals(plan: SweepPlan, best: dict[str, optuna.trial.FrozenTrial], pool
             for seed in plan.seeds:
                 label = f"{method.name} final seed {seed}"
                 cfg = method.config_for((f"optuna trial {trial.number}", trial.params), ("final", {"seed": seed}))
-                yield _Job(cfg, {"stage": "final", "parent_run_id": parent_id, "entry": method.name,
-                                 "trial_number": trial.number, "evaluate_test": True},
-                           on_result=done(label), on_error=failed(label))
+                run = FinalRun(cfg, plan.folder / "finals" / parent_id / f"{method.name}-seed{seed}",
+                               {"stage": "final", "parent_run_id": parent_id, "entry": method.name,
+                                "trial_number": trial.user_attrs.get(worker.LINEAGE, trial.number),
+                                "evaluate_test": True})
+                yield _Job(run, on_result=done(label), on_error=failed(label))
 
     pool.run(jobs())
     bar.update(bar.total - bar.n)  # methods without a best trial have no finals to run

@@ -7,9 +7,15 @@ migration; so the driver calls `ensure_experiment` before it launches any worker
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 
@@ -65,3 +71,52 @@ def git_sha() -> tuple[str, bool]:
     except (OSError, subprocess.CalledProcessError):
         return "unknown", True
     return sha, dirty
+
+
+@contextlib.contextmanager
+def serve(run_dir: str, timeout_s: float = 120.0) -> Iterator[str]:
+    """Serve the store of `run_dir` on 127.0.0.1 for the duration: a sweep's local workers then
+    talk to one server process instead of each writing the SQLite file. Sets MLFLOW_TRACKING_URI
+    for this process and the jobs it starts; the server is stopped (by its PID) on exit."""
+    backend = tracking_uri(run_dir)
+    if _is_server(backend):
+        raise ValueError(f"mlflow_server=true, but MLFLOW_TRACKING_URI already names a server ({backend}); "
+                         "drop one of them")
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(Path(run_dir) / "mlflow-server.log", "ab")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1",
+         "--artifacts-destination", (Path(run_dir).resolve() / "mlartifacts").as_uri()],
+        stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the MLflow server did not start; see {log.name}") from None
+                time.sleep(0.5)
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        try:
+            yield uri
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()

@@ -14,7 +14,8 @@ import socket
 import tempfile
 import time
 import traceback
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
@@ -24,8 +25,10 @@ from tqdm import tqdm
 
 from bench import tracking
 from bench.config import RunConfig, flatten
+from bench.interrupt import Interrupted, StopRequest, StoppingCheckpointer
 from methods import method_module
 from methods.base import TrainContext
+from methods.checkpoint import Checkpointer
 from methods.engine.engine import Engine
 from methods.engine.evaluate import evaluate_splits
 from methods.engine.models import load_policy
@@ -67,23 +70,40 @@ def run_tags(cfg: RunConfig, stage: str, trial_number: int | None, entry: str | 
 
 
 def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | None = None,
-              trial_number: int | None = None, evaluate_test: bool = True,
-              entry: str | None = None) -> dict[str, float]:
-    """Train `cfg.method` on `cfg.task`, evaluate, record everything; return the final metrics."""
+              trial_number: int | None = None, evaluate_test: bool = True, entry: str | None = None,
+              run_id: str | None = None, checkpoint_dir: Path | None = None,
+              on_run_started: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Train `cfg.method` on `cfg.task`, evaluate, record everything; return the final metrics.
+
+    `run_id`: continue this MLflow run (a resumed trial) instead of starting one; with
+    `checkpoint_dir` the training state is saved there every `train.checkpoint_every` steps and
+    training continues from the latest checkpoint found there. A stop request (SIGUSR2, SIGTERM;
+    see bench.interrupt) ends the run KILLED after its next checkpoint and raises `Interrupted`.
+    `on_run_started` gets the run's id as soon as it exists.
+    """
     started = time.monotonic()
     experiment_id = tracking.ensure_experiment(cfg)
-    tags = run_tags(cfg, stage, trial_number, entry)
-    if parent_run_id:
-        # The tag (not start_run(nested=True)) is what makes a child across processes.
-        tags["mlflow.parentRunId"] = parent_run_id
     name = f"{entry or cfg.method}-seed{cfg.seed}" + ("" if trial_number is None else f"-trial{trial_number}")
-    mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}-{name}", tags=tags)
-    try:
+    if run_id is None:
+        tags = run_tags(cfg, stage, trial_number, entry)
+        if parent_run_id:
+            # The tag (not start_run(nested=True)) is what makes a child across processes.
+            tags["mlflow.parentRunId"] = parent_run_id
+        mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}-{name}", tags=tags,
+                         log_system_metrics=cfg.system_metrics)
         mlflow.log_params({key: "null" if value is None else value for key, value in flatten(cfg).items()})
-        metrics = _train_and_evaluate(cfg, name, evaluate_test, leave_bar=stage == "single")
+    else:
+        mlflow.start_run(run_id=run_id, log_system_metrics=cfg.system_metrics)  # status back to RUNNING
+        mlflow.set_tags({"resumed": "true", "hostname": socket.gethostname()})
+    if on_run_started is not None:
+        on_run_started(mlflow.active_run().info.run_id)
+    checkpoints = None if checkpoint_dir is None else StoppingCheckpointer(checkpoint_dir, cfg.train.checkpoint_every)
+    try:
+        metrics = _train_and_evaluate(cfg, name, evaluate_test, leave_bar=stage == "single", checkpoints=checkpoints)
         metrics["wall_time_s"] = time.monotonic() - started
         mlflow.log_metric("wall_time_s", metrics["wall_time_s"], step=cfg.train.steps)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted) as stop:
+        mlflow.set_tag("interrupted", getattr(stop, "reason", "keyboard"))
         mlflow.end_run(status="KILLED")
         raise
     except Exception as err:
@@ -95,7 +115,8 @@ def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | Non
     return metrics
 
 
-def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_bar: bool) -> dict[str, float]:
+def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_bar: bool,
+                        checkpoints: Checkpointer | None) -> dict[str, float]:
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.max_parallel) if cfg.sweep else 0)
     if threads:
         torch.set_num_threads(threads)
@@ -131,12 +152,14 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
         log_metrics=log_metrics,
         evaluate=lambda step: _prefixed(run_eval({"valid": valid}, step)),
         log_samples=lambda rows, step: _log_table(rows, f"train_step{step}"),
+        checkpoints=checkpoints,
     )
     train_started = time.monotonic()
     try:
         method.train(ctx, cfg.method_cfg)
     finally:
         bar.close()
+    StopRequest.check()  # a request during the last step: its checkpoint is written, stop before evaluating
     metrics = {"train_time_s": time.monotonic() - train_started}
     mlflow.log_metric("train_time_s", metrics["train_time_s"], step=cfg.train.steps)
     if not policy.adapter_is_identity():

@@ -87,7 +87,7 @@ def test_unknown_key_suggests_the_closest():
     ("task=nope", f"unknown task 'nope'; choose one of: {', '.join(sorted(TASKS))}"),
     ("model=nope", "unknown model preset 'nope'; choose one of: smollm2-135m, tiny"),
     ("scale=nope", "unknown scale 'nope'; choose one of: smoke, cpu, paper, auto"),
-    ("launcher=nope", "unknown launcher 'nope'; choose one of: local, debug"),
+    ("launcher=nope", "unknown launcher 'nope'; choose one of: local, debug, slurm"),
     ("seed", "expected key=value, got 'seed'"),
 ])
 def test_unknown_choices(arg, message):

@@ -1,0 +1,245 @@
+"""Sweep workers: processes that pull trials from a sweep's Optuna studies until its budget is spent.
+
+A sweep starts K workers (local subprocesses, or a SLURM array of K tasks) that share the
+sweep folder, `<run_dir>/<sweep>/`:
+
+    optuna.journal          the studies (Optuna's journal file storage: safe on NFS)
+    claims.lock             a lock around "is there room for one more trial? then ask one"
+    heartbeats/<study>.<n>  touched every `heartbeat_s` by the worker running trial n
+    trials/<entry>/<lineage>/checkpoint/   the checkpoints of a trial and of its retries
+
+A trial whose heartbeat is older than `stale_after_s` (its worker was killed, or its node died) is
+closed as FAIL and re-enqueued with the same parameters; the retry continues the original's
+checkpoint and MLflow run (both keyed by the trial's *lineage*, the number of the first trial of
+the chain). Journal storage has no heartbeat support in Optuna 5; this is the equivalent built on
+failing stale trials and re-enqueueing them.
+
+Budget: a study is done when its counted trials (COMPLETE, or FAIL with an `error`: a run that
+failed on its own) reach its budget. Interrupted trials do not count; their retries do. Claims
+happen under the lock, counting running and waiting trials, so K workers never start more
+trials than the budget allows.
+"""
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import submitit
+from optuna.trial import FrozenTrial, TrialState
+
+from bench.interrupt import Interrupted, StopRequest
+
+ERROR, LINEAGE, RUN_ID, RETRY_OF = "error", "lineage", "mlflow_run_id", "retry_of"
+
+
+@dataclass(frozen=True)
+class Liveness:
+    heartbeat_s: float
+    stale_after_s: float
+
+
+def storage(path: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def claims_lock(folder: Path) -> optuna.storages.journal.JournalFileOpenLock:
+    # Optuna's own lock for journal files: a file created with O_EXCL, which NFS honours.
+    return optuna.storages.journal.JournalFileOpenLock(str(folder / "claims.lock"))
+
+
+def heartbeat_file(folder: Path, study: optuna.Study, number: int) -> Path:
+    return folder / "heartbeats" / f"{study.study_name}.{number}"
+
+
+def counted(study: optuna.Study) -> int:
+    """Trials that count towards the budget: completed ones and runs that failed on their own."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and ERROR in t.user_attrs))
+
+
+def open_trials(study: optuna.Study) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+    trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    return [t for t in trials if t.state == TrialState.RUNNING], [t for t in trials if t.state == TrialState.WAITING]
+
+
+def lineage(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get(LINEAGE, trial.number))
+
+
+def retry(study: optuna.Study, trial: FrozenTrial, reason: str, tracking_uri: str | None) -> None:
+    """Close an interrupted trial (FAIL without `error`: not counted) and enqueue its retry, which
+    continues the same lineage: checkpoint folder and MLflow run. Call under the claims lock."""
+    attrs = {LINEAGE: lineage(trial), RETRY_OF: trial.number, "retry_reason": reason}
+    run_id = trial.user_attrs.get(RUN_ID)
+    if run_id:
+        attrs[RUN_ID] = run_id
+        if tracking_uri:
+            client = mlflow.MlflowClient(tracking_uri)
+            if client.get_run(run_id).info.status == "RUNNING":  # its process can no longer say so
+                client.set_tag(run_id, "interrupted", reason)
+                client.set_terminated(run_id, status="KILLED")
+    study.enqueue_trial(trial.params, user_attrs=attrs)
+    study.tell(trial.number, state=TrialState.FAIL)
+
+
+def fail_stale(folder: Path, study: optuna.Study, live: Liveness, tracking_uri: str | None) -> list[int]:
+    """Retry every RUNNING trial whose heartbeat stopped; returns their numbers. Under the lock."""
+    stale = []
+    now = time.time()
+    for trial in open_trials(study)[0]:
+        beat = heartbeat_file(folder, study, trial.number)
+        last = beat.stat().st_mtime if beat.exists() else 0.0
+        if now - last > live.stale_after_s:
+            retry(study, trial, "stale heartbeat", tracking_uri)
+            beat.unlink(missing_ok=True)
+            stale.append(trial.number)
+    return stale
+
+
+def claim(folder: Path, studies: dict[str, optuna.Study], budgets: dict[str, int], live: Liveness,
+          tracking_uri: str | None) -> tuple[str, optuna.Trial] | None:
+    """The next trial to run, from the first entry with room (a waiting retry first), or None when
+    every budget is spent or held by running trials."""
+    with _locked(claims_lock(folder)):
+        for entry, study in studies.items():
+            fail_stale(folder, study, live, tracking_uri)
+            running, waiting = open_trials(study)
+            if waiting or counted(study) + len(running) < budgets[entry]:
+                trial = study.ask()  # Optuna hands out the oldest waiting (enqueued) trial first
+                beat = heartbeat_file(folder, study, trial.number)
+                beat.parent.mkdir(parents=True, exist_ok=True)
+                beat.touch()  # before the lock is released: a fresh trial is never stale
+                return entry, trial
+    return None
+
+
+def remaining(studies: dict[str, optuna.Study], budgets: dict[str, int]) -> int:
+    """Trials still to finish (running and waiting ones included)."""
+    return sum(max(0, budgets[entry] - counted(study)) for entry, study in studies.items())
+
+
+class _locked:
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        while not self.lock.acquire():
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+class Heartbeat:
+    """Touches a trial's heartbeat file from a daemon thread while the trial runs."""
+
+    def __init__(self, path: Path, every_s: float):
+        self.path, self.every_s = path, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat {path.name}")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.path.touch()
+            except OSError:  # a full or unreachable disk must not kill the trial; staleness will tell
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+
+class Worker(submitit.helpers.Checkpointable):
+    """One worker of a sweep: `overrides` are the sweep's command line, so the worker re-plans the
+    sweep from its YAML (and refuses to run if the studies were made with other settings)."""
+
+    def __init__(self, overrides: dict[str, str], parent_run_id: str, index: int):
+        self.overrides, self.parent_run_id, self.index = overrides, parent_run_id, index
+
+    def __call__(self) -> dict[str, Any]:
+        from bench.sweep import plan_sweep  # the sweep module imports this one
+
+        StopRequest.install()
+        plan = plan_sweep(self.overrides)
+        folder, cfg = plan.folder, plan.cfg
+        uri = _tracking_uri(cfg.run_dir)
+        live = Liveness(cfg.heartbeat_s, cfg.stale_after_s)
+        store = storage(plan.storage_path)
+        studies, budgets, methods = {}, {}, {}
+        for method in plan.methods:
+            name = f"{plan.spec.name}.{method.name}"
+            seed = hash((method.config.seed, self.index, len(optuna.load_study(study_name=name, storage=store).trials)))
+            studies[method.name] = optuna.load_study(study_name=name, storage=store,
+                                                     sampler=optuna.samplers.TPESampler(seed=seed % 2**31))
+            budgets[method.name], methods[method.name] = method.trials, method
+        done = {"completed": 0, "failed": 0, "interrupted": 0, "worker": self.index, "host": socket.gethostname()}
+        while StopRequest.reason is None:
+            claimed = claim(folder, studies, budgets, live, uri)
+            if claimed is None:
+                break
+            entry, trial = claimed
+            outcome = self._run(plan, methods[entry], studies[entry], trial, live, uri)
+            done[outcome] += 1
+        StopRequest.hand_back()  # after a requeue request: submitit requeues this job and exits
+        return done
+
+    def _run(self, plan, method, study: optuna.Study, trial: optuna.Trial, live: Liveness, uri: str) -> str:
+        """Run one claimed trial and tell the study how it ended; returns the outcome's name."""
+        from bench.trial import run_trial
+
+        attrs = trial.user_attrs
+        line = int(attrs.get(LINEAGE, trial.number))
+        trial.set_user_attr(LINEAGE, line)
+        params = {p.key: p.suggest(trial) for p in method.search}  # a retry gets its enqueued values
+        cfg = method.config_for((f"optuna trial {trial.number}", params))
+        label = f"{method.name} trial {line}" + (f" (retry {trial.number})" if line != trial.number else "")
+        checkpoints = plan.folder / "trials" / method.name / str(line) / "checkpoint"
+        # The heartbeat lasts until the study is told: a finished trial is never taken for stale.
+        with Heartbeat(heartbeat_file(plan.folder, study, trial.number), live.heartbeat_s):
+            try:
+                result = run_trial(cfg, stage="trial", parent_run_id=self.parent_run_id, entry=method.name,
+                                   trial_number=line, evaluate_test=False, run_id=attrs.get(RUN_ID),
+                                   checkpoint_dir=checkpoints,
+                                   on_run_started=lambda run_id: trial.set_user_attr(RUN_ID, run_id))
+            except Interrupted as stop:
+                with _locked(claims_lock(plan.folder)):
+                    retry(study, study.get_trials(deepcopy=False)[trial.number], stop.reason, None)
+                print(f"{label}: interrupted ({stop}); its retry continues from the checkpoint", flush=True)
+                return "interrupted"
+            except Exception as err:  # the run failed on its own: recorded, counted, the sweep goes on
+                error = f"{type(err).__name__}: {err}"
+            else:
+                value = result.get(plan.spec.metric)
+                if value is not None and math.isfinite(value):
+                    study.tell(trial, value)
+                    print(f"{label}: {plan.spec.metric}={value:.4g} {params}", flush=True)
+                    return "completed"
+                error = f"objective {plan.spec.metric} missing or not finite: {value}"
+            trial.set_user_attr(ERROR, error[:2000])
+            study.tell(trial, state=TrialState.FAIL)
+            print(f"{label}: FAILED: {error}", flush=True)
+            return "failed"
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Requeued after a time limit or preemption: a fresh worker, which claims the retry of the
+        trial this one handed back (or any other trial left)."""
+        return submitit.helpers.DelayedSubmission(Worker(self.overrides, self.parent_run_id, self.index))
+
+
+def _tracking_uri(run_dir: str) -> str:
+    from bench.tracking import tracking_uri
+
+    return tracking_uri(run_dir)
