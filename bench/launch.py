@@ -13,6 +13,7 @@ from typing import Any
 import submitit
 import yaml
 
+MAX_REQUEUES = 100
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "slurm"
 LAUNCHERS: dict[str, str] = {
     "local": "each job in its own subprocess on this machine (submitit cluster='local')",
@@ -69,7 +70,9 @@ def load_profile(name: str) -> dict[str, Any]:
 def executor(launcher: str, folder: Path, name: str, timeout_min: int, slurm: SlurmConfig,
              array_parallelism: int) -> submitit.AutoExecutor:
     """A submitit executor whose logs go to `folder/<job id>/`."""
-    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=launcher)
+    # A worker lives through many trials and may reach its time limit many times; each time it
+    # checkpoints and is requeued (submitit's default gives up after 3).
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=launcher, slurm_max_num_timeout=MAX_REQUEUES)
     if launcher != "slurm":
         ex.update_parameters(timeout_min=timeout_min, name=name)
         return ex

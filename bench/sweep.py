@@ -446,26 +446,40 @@ class _Pool:
         running: list[tuple[submitit.Job, _Job]] = []
         pending = iter(jobs)
         exhausted = False
-        while running or not exhausted:
-            while not exhausted and len(running) < self.max_parallel:
-                job = next(pending, None)
-                if job is None:
-                    exhausted = True
-                    break
-                running.append((self.executor.submit(job.run), job))
-            for handle, job in list(running):
-                if not _finished(handle):
-                    continue
-                try:
-                    result = handle.result()
-                except Exception as err:  # a failed run is reported and the sweep goes on
-                    job.on_error(_error_summary(err, handle))
-                else:
-                    job.on_result(result)
-                running.remove((handle, job))
-                self.bar.update(1)
-            if running:
-                time.sleep(1.0)
+        try:
+            while running or not exhausted:
+                while not exhausted and len(running) < self.max_parallel:
+                    job = next(pending, None)
+                    if job is None:
+                        exhausted = True
+                        break
+                    running.append((self.executor.submit(job.run), job))
+                for handle, job in list(running):
+                    if not _finished(handle):
+                        continue
+                    try:
+                        result = handle.result()
+                    except Exception as err:  # a failed run is reported and the sweep goes on
+                        job.on_error(_error_summary(err, handle))
+                    else:
+                        job.on_result(result)
+                    running.remove((handle, job))
+                    self.bar.update(1)
+                if running:
+                    time.sleep(1.0)
+        except KeyboardInterrupt:
+            _cancel([handle for handle, _ in running])
+            raise
+
+
+def _cancel(jobs: list[submitit.Job]) -> None:
+    """Stop jobs the driver started (Ctrl-C): SIGTERM, so each checkpoints and ends its MLflow run
+    KILLED; running the sweep again continues from there."""
+    for job in jobs:
+        try:
+            job.cancel(check=False)
+        except Exception:  # already gone
+            pass
 
 
 def _check_resumable(plan: SweepPlan) -> None:
@@ -562,7 +576,7 @@ def _run_workers(plan: SweepPlan, parent_id: str, studies: dict[str, optuna.Stud
 
     The driver also retries stale trials, so that a sweep whose workers all died still recovers,
     and starts new workers when claimable trials are left and none is alive (at most
-    `worker_rounds` times, so that a crash on start does not loop forever).
+    WORKER_ROUNDS times, so that a crash on start does not loop forever).
     """
     cfg = plan.cfg
     live = worker.Liveness(cfg.heartbeat_s, cfg.stale_after_s)
@@ -572,9 +586,21 @@ def _run_workers(plan: SweepPlan, parent_id: str, studies: dict[str, optuna.Stud
                          cfg.slurm, cfg.max_parallel)
     seen: set[tuple[str, int]] = set()
     jobs: list[submitit.Job] = []
+    try:
+        _watch(plan, studies, budgets, bar, ex, parent_id, live, uri, lock, seen, jobs)
+    except KeyboardInterrupt:
+        _cancel(jobs)
+        raise
+
+
+def _watch(plan: SweepPlan, studies: dict[str, optuna.Study], budgets: dict[str, int], bar: tqdm,
+           ex: submitit.AutoExecutor, parent_id: str, live: worker.Liveness, uri: str, lock,
+           seen: set[tuple[str, int]], jobs: list[submitit.Job]) -> None:
+    """The driver's loop; `jobs` is kept up to date with the live workers (for Ctrl-C)."""
+    cfg = plan.cfg
     rounds = 0
     while True:
-        with worker._locked(lock):
+        with worker.locked(lock):
             for study in studies.values():
                 worker.fail_stale(plan.folder, study, live, uri)
         _report_trials(studies, seen, plan.spec.metric, bar)
@@ -585,7 +611,7 @@ def _run_workers(plan: SweepPlan, parent_id: str, studies: dict[str, optuna.Stud
         for job in jobs:
             if job not in alive:
                 _report_worker(job, bar)
-        jobs = alive
+        jobs[:] = alive
         if left == 0:
             break
         if not alive and _claimable(studies, budgets):
@@ -596,7 +622,7 @@ def _run_workers(plan: SweepPlan, parent_id: str, studies: dict[str, optuna.Stud
             count = min(cfg.max_parallel, left)
             with ex.batch():  # one job array on SLURM
                 pending = [ex.submit(worker.Worker(plan.overrides, parent_id, i)) for i in range(count)]
-            jobs = list(pending)
+            jobs[:] = pending
             _record_jobs(plan, jobs)
             continue
         time.sleep(POLL_S)
@@ -658,7 +684,7 @@ def _best_trials(plan: SweepPlan, studies: dict[str, optuna.Study], client: mlfl
         client.log_metric(parent_id, f"best/{method.name}", study.best_value)
         for key, value in study.best_params.items():
             client.log_param(parent_id, f"best/{method.name}/{key}", value)
-        bar.write(f"{method.name}: best trial {study.best_trial.number}, "
+        bar.write(f"{method.name}: best trial {worker.lineage(study.best_trial)}, "
                   f"{plan.spec.metric}={study.best_value:.4g} {study.best_params}")
     return best
 

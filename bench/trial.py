@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import tempfile
 import time
@@ -31,7 +32,7 @@ from methods.base import TrainContext
 from methods.checkpoint import Checkpointer
 from methods.engine.engine import Engine
 from methods.engine.evaluate import evaluate_splits
-from methods.engine.models import load_policy
+from methods.engine.models import ModelError, load_policy
 from tasks import task_class
 from tasks.base import Example
 
@@ -153,6 +154,7 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
         evaluate=lambda step: _prefixed(run_eval({"valid": valid}, step)),
         log_samples=lambda rows, step: _log_table(rows, f"train_step{step}"),
         checkpoints=checkpoints,
+        adapter_folder=adapter_folder,
     )
     train_started = time.monotonic()
     try:
@@ -180,6 +182,25 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
             mlflow.log_metrics(aggregate, step=cfg.train.steps)
             metrics |= aggregate
     return metrics
+
+
+def adapter_folder(ref: str) -> str:
+    """`ref` if it is a folder, else the adapter of MLflow run `ref` (downloaded to a temporary folder)."""
+    if Path(ref).is_dir():
+        return ref
+    if not re.fullmatch(r"[0-9a-f]{32}", ref):
+        raise ModelError(f"policy {ref!r} is neither a folder nor an MLflow run id (32 hex digits)")
+    try:
+        run = mlflow.get_run(ref)
+    except mlflow.exceptions.MlflowException:
+        raise ModelError(f"no MLflow run {ref} in {mlflow.get_tracking_uri()}; pass run_dir= (or "
+                         "MLFLOW_TRACKING_URI) of the store that holds it") from None
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=ref, artifact_path=ADAPTER_ARTIFACT,
+                                                   dst_path=tempfile.mkdtemp(prefix="gfn-bench-adapter-"))
+    except (mlflow.exceptions.MlflowException, OSError):
+        raise ModelError(f"run {ref} ({run.data.tags.get('method', '?')}) saved no adapter; only runs that "
+                         "train one (gfn_tb, ppo, sft) do") from None
 
 
 def _prefixed(results: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -107,7 +107,7 @@ def claim(folder: Path, studies: dict[str, optuna.Study], budgets: dict[str, int
           tracking_uri: str | None) -> tuple[str, optuna.Trial] | None:
     """The next trial to run, from the first entry with room (a waiting retry first), or None when
     every budget is spent or held by running trials."""
-    with _locked(claims_lock(folder)):
+    with locked(claims_lock(folder)):
         for entry, study in studies.items():
             fail_stale(folder, study, live, tracking_uri)
             running, waiting = open_trials(study)
@@ -125,7 +125,7 @@ def remaining(studies: dict[str, optuna.Study], budgets: dict[str, int]) -> int:
     return sum(max(0, budgets[entry] - counted(study)) for entry, study in studies.items())
 
 
-class _locked:
+class locked:
     def __init__(self, lock):
         self.lock = lock
 
@@ -170,9 +170,10 @@ class Worker(submitit.helpers.Checkpointable):
         self.overrides, self.parent_run_id, self.index = overrides, parent_run_id, index
 
     def __call__(self) -> dict[str, Any]:
+        # First: a time-limit signal during the imports below must only record a request.
+        StopRequest.install()
         from bench.sweep import plan_sweep  # the sweep module imports this one
 
-        StopRequest.install()
         plan = plan_sweep(self.overrides)
         folder, cfg = plan.folder, plan.cfg
         uri = _tracking_uri(cfg.run_dir)
@@ -215,7 +216,7 @@ class Worker(submitit.helpers.Checkpointable):
                                    checkpoint_dir=checkpoints,
                                    on_run_started=lambda run_id: trial.set_user_attr(RUN_ID, run_id))
             except Interrupted as stop:
-                with _locked(claims_lock(plan.folder)):
+                with locked(claims_lock(plan.folder)):
                     retry(study, study.get_trials(deepcopy=False)[trial.number], stop.reason, None)
                 print(f"{label}: interrupted ({stop}); its retry continues from the checkpoint", flush=True)
                 return "interrupted"

@@ -50,6 +50,9 @@ class TrainContext:
     """Record a few sample rationales (query, sample, log R, ...) as a table."""
     checkpoints: Checkpointer | None = None
     """Where the method saves and finds its training state; None: no checkpoints, start at step 0."""
+    adapter_folder: Callable[[str], str] = lambda ref: ref
+    """The local folder of a trained adapter named by `ref`: a folder, or (from the harness) the id
+    of a tracked run that saved one."""
 
 
 @dataclass

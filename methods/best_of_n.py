@@ -24,13 +24,14 @@ from tasks.base import Example
 @dataclass
 class Config:
     policy: str | None = field(default=None, metadata={
-        "help": "folder of a saved LoRA adapter (Policy.save_adapter) to sample from; null: the base policy"})
+        "help": "policy to sample from: the MLflow run id of a trained run (gfn_tb, ppo, sft save their "
+                "adapter), or a folder holding a saved adapter; null: the base policy"})
 
 
 def train(ctx: TrainContext, cfg: Config) -> None:
     """Nothing to learn; optionally start from a policy trained elsewhere."""
     if cfg.policy:
-        ctx.policy.load_adapter_weights(cfg.policy)
+        ctx.policy.load_adapter_weights(ctx.adapter_folder(cfg.policy))
 
 
 def select(engine: Engine, examples: list[Example], traj: Trajectories) -> tuple[torch.Tensor, list[int]]:

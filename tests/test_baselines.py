@@ -1,7 +1,9 @@
 """The baselines on the tiny model: SFT's targets and learning, k-shot prompts, best-of-N's selection."""
 import dataclasses
 import math
+from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from methods import METHODS, best_of_n, prompting, sft
 from methods.base import TrainConfig, TrainContext
 from methods.engine.engine import Engine
 from methods.engine.evaluate import evaluate
+from methods.engine.models import ModelError, Policy
 from tasks.arithmetic import ArithmeticTask, Config
 
 BUDGET = TrainConfig(steps=2, batch_prompts=2, samples_per_prompt=2, eval_every=0, batch_size=8)
@@ -188,3 +191,28 @@ def test_methods_arithmetic_sweep_runs_every_method():
     by_name = {m.name: m for m in plan.methods}
     assert by_name["prompting"].config.method_cfg.shots == 3
     assert all(by_name[m].trials == 1 and not by_name[m].search for m in ("prompting", "best_of_n"))
+
+
+def test_best_of_n_samples_from_the_adapter_a_tracked_run_saved(tmp_path, monkeypatch):
+    """`method.policy=<run id>`: the adapter trained by an SFT run is the one best-of-N loads."""
+    from bench.config import build_config
+    from bench.trial import run_trial
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    small = {"model": "tiny", "scale": "smoke", "run_dir": str(tmp_path), "system_metrics": "false",
+             "task.n_demos": "4", "task.n_train": "8", "task.n_valid": "2", "task.n_test": "2", "task.max_actions": "8"}
+    runs = {}
+    for method in ("sft", "prompting"):
+        run_trial(build_config([(None, {**small, "method": method})]), on_run_started=lambda i, m=method: runs.setdefault(m, i))
+    trained = Path(mlflow.artifacts.download_artifacts(run_id=runs["sft"], artifact_path="adapter", dst_path=str(tmp_path / "a")))
+
+    loaded = {}
+    monkeypatch.setattr(Policy, "load_adapter_weights", lambda self, path: loaded.setdefault("path", Path(path)))
+    run_trial(build_config([(None, {**small, "method": "best_of_n", "method.policy": runs["sft"]})]))
+    file = "adapter_model.safetensors"
+    assert (loaded["path"] / file).read_bytes() == (trained / file).read_bytes()
+
+    with pytest.raises(ModelError, match="saved no adapter"):  # prompting trains nothing
+        run_trial(build_config([(None, {**small, "method": "best_of_n", "method.policy": runs["prompting"]})]))
+    with pytest.raises(ModelError, match="neither a folder nor an MLflow run id"):
+        run_trial(build_config([(None, {**small, "method": "best_of_n", "method.policy": "nope"})]))

@@ -172,11 +172,16 @@ def test_scancel_of_one_array_task_loses_no_trial(tmp_path):
 
 @needs_slurm
 def test_a_job_at_its_time_limit_is_requeued_and_its_trial_continues(tmp_path):
-    # SLURM checks time limits every 30 s, so with a 1-minute limit the warning comes early; the
-    # trial takes longer than that, checkpoints at its next step and continues after the requeue.
+    # SLURM checks time limits every 30 s, so the warning (SIGUSR2) comes 40-70 s before the
+    # 2-minute limit; the trial (about 1 s a step here) takes longer than that, checkpoints at its
+    # next step and continues after the requeue, possibly more than once.
     proc = start_sweep(tmp_path, *LONG_TRIAL, "trials=1", "launcher=slurm", "slurm=local", "max_parallel=1",
-                       "train.steps=150", "slurm.time_min=1", "slurm.signal_delay_s=45")
-    finish(proc, tmp_path, 900)
+                       "train.steps=150", "slurm.time_min=2", "slurm.signal_delay_s=40")
+    complete = lambda: next((t for t in study(tmp_path).trials if t.state == TrialState.COMPLETE), None)
+    wait_for(complete, 1200, "the trial to complete")
+    # The finals would show the same again: stop the sweep as a user would, with Ctrl-C.
+    os.kill(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
 
     trials = assert_nothing_lost(tmp_path, 1)
     assert len(trials) >= 2, "the trial was never interrupted: make it longer"
@@ -184,3 +189,6 @@ def test_a_job_at_its_time_limit_is_requeued_and_its_trial_continues(tmp_path):
     assert run["tags.resumed"] == "true" and run["tags.interrupted"] == "requeue"
     # The step counter continues after the requeue: one continuous history, each step once.
     assert loss_steps(tmp_path, run["run_id"]) == list(range(150))
+    # Ctrl-C cancelled the final run's job.
+    queue = lambda: subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip()
+    wait_for(lambda: True if queue() == "" else None, 120, "an empty queue")
