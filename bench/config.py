@@ -319,9 +319,13 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
 
 def check_task(cfg: RunConfig) -> None:
     """Build the task once, so that a bad `task.*` value or a missing data file is reported
-    before a run or a sweep starts writing anything."""
+    before a run or a sweep starts writing anything; then let the method refuse settings that
+    cannot work on it (a method module may define `check(cfg, task)`)."""
     try:
-        task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
+        task = task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
+        check = getattr(method_module(cfg.method), "check", None)
+        if check is not None:
+            check(cfg.method_cfg, task)
     except (ValueError, OSError) as err:
         raise ConfigError(str(err)) from None
 

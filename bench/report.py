@@ -26,6 +26,9 @@ COLUMNS = [
     ("test_id/loglik_mean", "log-likelihood", 1.0, 2),
     ("test_id/distinct_2", "distinct-2", 1.0, 3),
     ("test_id/embedding_diversity", "embedding diversity", 1.0, 3),
+    ("test_id/bleu4", "BLEU-4", 100.0, 2),
+    ("test_id/gleu", "GLEU", 100.0, 2),
+    ("test_id/embedding_similarity", "embedding similarity", 1.0, 3),
     ("test_id/forward_tokens", "forward tokens / query", 1.0, 0),
     ("wall_time_s", "wall time (s)", 1.0, 0),
 ]
@@ -114,12 +117,15 @@ def _seed_order(value: str) -> tuple[int, str]:
 
 def _markdown(parent, cells: dict[str, dict[str, list[float]]]) -> str:
     tags, params = parent.data.tags, parent.data.params
-    header = ["method", *(title + arrow(metric) for metric, title, *_ in COLUMNS), "seeds"]
+    # Only the columns some row has: a task reports the metrics it declares (no accuracy for
+    # continuation, BLEU only for infilling).
+    columns = [c for c in COLUMNS if any(c[0] in row for row in cells.values())] or COLUMNS
+    header = ["method", *(title + arrow(metric) for metric, title, *_ in columns), "seeds"]
     lines = [f"# {tags.get('sweep', '')}: leaderboard", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in sorted(cells):
         row = [method, *(mean_std(cells[method].get(metric, []), scale, digits)
-                         for metric, _, scale, digits in COLUMNS),
+                         for metric, _, scale, digits in columns),
                str(len(cells[method]["seeds"]))]
         lines.append("| " + " | ".join(row) + " |")
     if not cells:

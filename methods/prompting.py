@@ -5,12 +5,19 @@ k-shot puts the task's first k demonstrations, worked out, in front of every pol
 uses for its own `policy_shots` (tests/test_baselines.py checks that they agree). The harness
 evaluates through `ctx.engine`, so giving the engine the k-shot view of the task is all it takes;
 the reward prompt is untouched.
+
+`method.decoding` picks how evaluation decodes from the base LM (the paper's continuation baselines,
+section 4.1): the engine's sampler at `train.eval_temperature` (`sample`, the default), or greedy,
+beam search, diverse beam search, nucleus or tempered sampling (`methods/engine/decoding.py`), each
+returning the n = `train.eval_samples` samples evaluation asks per query. Beam searches refuse tasks
+with a tool (arithmetic's calculator); the others keep it in the loop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from methods.base import TrainContext
+from methods.engine.decoding import Decoding, DecodingName
 from tasks.base import Example, Task
 
 
@@ -18,6 +25,23 @@ from tasks.base import Example, Task
 class Config:
     shots: int = field(default=0, metadata={
         "help": "worked demonstrations in front of each policy prompt (0: zero-shot)"})
+    decoding: DecodingName = field(default="sample", metadata={
+        "help": "how evaluation decodes its n = train.eval_samples samples per query from the base LM: sample: "
+                "the engine's sampler at train.eval_temperature; greedy: n copies of the greedy sample; beam: the n "
+                "best of beams*n beams; diverse_beam: the n best of beam_groups*n groups' best; nucleus: top_p at "
+                "temperature 1; tempered: at temperature. Beam searches refuse tasks with a tool"})
+    beams: int = field(default=1, metadata={
+        "help": "beam and diverse_beam: beams per sample asked, beams*n beams per query (paper: 1 and 5)"})
+    beam_groups: int = field(default=1, metadata={
+        "help": "diverse_beam: groups per sample asked, beam_groups*n groups of beams/beam_groups beams "
+                "(paper: 1, i.e. n groups)"})
+    diversity_penalty: float = field(default=1.0, metadata={
+        "help": "diverse_beam: log-prob cost, in a candidate's rank, of each earlier group that chose the same "
+                "token at the same step (Hamming diversity; paper: 1.0)"})
+    top_p: float = field(default=0.95, metadata={
+        "help": "nucleus: probability held by the most likely tokens that are sampled from (paper: 0.95)"})
+    temperature: float = field(default=0.8, metadata={
+        "help": "tempered: sampling temperature (paper: 0.8, the continuation task's final reward temperature)"})
 
 
 class FewShotTask:
@@ -52,6 +76,22 @@ def few_shot(task: Task, shots: int) -> Task:
     return FewShotTask(task, context)
 
 
+def _decoding(cfg: Config) -> Decoding | None:
+    if cfg.decoding == "sample":
+        return None  # the engine's own sampler
+    return Decoding(cfg.decoding, cfg.beams, cfg.beam_groups, cfg.diversity_penalty, cfg.top_p, cfg.temperature)
+
+
+def check(cfg: Config, task: Task) -> None:
+    """Refuse settings that cannot work on `task` (the harness calls this before a run starts)."""
+    shown = few_shot(task, cfg.shots)
+    decoding = _decoding(cfg)
+    if decoding is not None:
+        decoding.check(shown)
+
+
 def train(ctx: TrainContext, cfg: Config) -> None:
-    """Nothing to learn: only the prompts the evaluation samples from change."""
+    """Nothing to learn: only the prompts the evaluation samples from, and how it decodes, change."""
+    check(cfg, ctx.task)
     ctx.engine.task = few_shot(ctx.task, cfg.shots)
+    ctx.engine.decode = _decoding(cfg)

@@ -1,10 +1,14 @@
-"""Task registry: name -> (module path, class name). Adding a task is one module and one line here."""
+"""Task registry: name -> (module path, class name). Adding a task is one module, its YAML file
+(tasks/<name>.yaml, read by tasks/spec.py) and one line here."""
 from __future__ import annotations
 
 import importlib
 
 TASKS: dict[str, str] = {
     "arithmetic": "tasks.arithmetic:ArithmeticTask",
+    "infilling": "tasks.infilling:InfillingTask",
+    "subj": "tasks.subj:SubjTask",
+    "continuation": "tasks.continuation:ContinuationTask",
 }
 
 

@@ -3,7 +3,8 @@
 X = `Question: 5 + 9 - 3 + 8 = ? Answer:`; the policy writes steps like ` 5 + 9 =` and the
 calculator inserts ` 14` after each `=`; Y = `. The answer is 19.`. Questions come from a seeded
 generator whose splits never share a question, or from the paper's files (which do: paper.md
-section 5, defect 5) for comparison with its numbers.
+section 5, defect 5) for comparison with its numbers. Prompts, token rules, metrics, file names
+and defaults are in tasks/arithmetic.yaml.
 """
 from __future__ import annotations
 
@@ -15,17 +16,16 @@ from pathlib import Path
 
 from tasks.base import EvalSplit, Example
 from tasks.calculator import calculate
+from tasks.spec import SpecTask, load_spec
 
+SPEC = load_spec("arithmetic")
+DEFAULTS = SPEC.defaults
 SOURCES = ("generated", "reference")
-REFERENCE_DIR = "arithmetic_ref"
-REFERENCE_DEMOS = "1digit_34_op+-_train_50.json"
-REFERENCE_TRAIN = "1digit_34_op+-_hw.json"
+REFERENCE_DIR = SPEC.data["reference_dir"]
+REFERENCE_DEMOS = SPEC.data["reference_demos"]
+REFERENCE_TRAIN = SPEC.data["reference_train"]
 # split name -> (file, operand count, in distribution)
-TEST_SPLITS = {
-    "test_3op": ("1digit_3_op+-_test.json", 3, True),
-    "test_4op": ("1digit_4_op+-_test.json", 4, True),
-    "test_5op": ("1digit_5_op+-_test.json", 5, False),
-}
+TEST_SPLITS = {split: tuple(entry) for split, entry in SPEC.data["reference_tests"].items()}
 
 _QUESTION = re.compile(r"Question: (.+) = \? Answer:")
 _LEADING_INT = re.compile(r"[ \t]*([+-]?[0-9]+)")  # [0-9], not \d: \d also matches other scripts
@@ -34,31 +34,31 @@ _INT = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*")
 
 @dataclass
 class Config:
-    source: str = field(default="generated", metadata={
+    source: str = field(default=DEFAULTS["source"], metadata={
         "help": "'generated': seeded questions, no question shared between splits; 'reference': "
                 "the paper's files in <data_dir>/arithmetic_ref/ (their test files overlap "
                 "their training files; see overlap_report)"})
-    data_seed: int = field(default=0, metadata={
+    data_seed: int = field(default=DEFAULTS["data_seed"], metadata={
         "help": "seed of the question generator, and of which reference 'hw' items become valid"})
-    n_demos: int = field(default=50, metadata={
+    n_demos: int = field(default=DEFAULTS["n_demos"], metadata={
         "help": "worked examples with rationales, 3 or 4 operands (reference: the first n of the "
                 "file, at most 50)"})
-    n_train: int = field(default=1000, metadata={
+    n_train: int = field(default=DEFAULTS["n_train"], metadata={
         "help": "training questions, 3 or 4 operands (reference: at most the 'hw' items left "
                 "after valid is taken)"})
-    n_valid: int = field(default=200, metadata={
+    n_valid: int = field(default=DEFAULTS["n_valid"], metadata={
         "help": "validation questions, 3 or 4 operands (reference: drawn from 'hw' items that are "
                 "in no test file, and removed from train)"})
-    n_test: int = field(default=500, metadata={
+    n_test: int = field(default=DEFAULTS["n_test"], metadata={
         "help": "questions per test split: test_3op, test_4op (in distribution), test_5op (out "
                 "of distribution) (reference: the first n of each file, at most 500)"})
-    reward_shots: int = field(default=3, metadata={
+    reward_shots: int = field(default=DEFAULTS["reward_shots"], metadata={
         "help": "worked examples (the first demonstrations) in the reward LM's prompt; paper: 3"})
-    policy_shots: int = field(default=0, metadata={
+    policy_shots: int = field(default=DEFAULTS["policy_shots"], metadata={
         "help": "worked examples (the first demonstrations) in the policy prompt; paper: 0"})
-    min_actions: int = field(default=5, metadata={
+    min_actions: int = field(default=DEFAULTS["min_actions"], metadata={
         "help": "fewest policy tokens before end of sample is allowed; paper: 5"})
-    max_actions: int = field(default=40, metadata={
+    max_actions: int = field(default=DEFAULTS["max_actions"], metadata={
         "help": "most policy tokens per sample (tool outputs not counted). The paper's 18 was for "
                 "GPT-J tokens; the SmolLM2 tokenizer splits every digit and space, so the "
                 "4-operand steps ' 5 + 9 =, 14 - 3 =, 11 + 8 =' take 22 tokens, 5 operands 30"})
@@ -238,16 +238,15 @@ def _check(cfg: Config) -> None:
                          f"min_actions={cfg.min_actions}")
 
 
-class ArithmeticTask:
+class ArithmeticTask(SpecTask):
     """The arithmetic task of the `Task` protocol (tasks/base.py)."""
 
     Config = Config
-    name = "arithmetic"
-    allowed_chars = " ,.0123456789=+-"
-    stop_on_newline = True
+    spec = SPEC
 
     def __init__(self, config: Config, data_dir: str | None = None):
         _check(config)
+        SPEC.check_defaults(Config)
         self.config = config
         self.min_actions = config.min_actions
         self.max_actions = config.max_actions
@@ -296,21 +295,14 @@ class ArithmeticTask:
         return report
 
     # --- text the engine needs ----------------------------------------------------------------
-    @staticmethod
-    def _question_line(ex: Example) -> str:
-        return f"Question: {ex.query} = ? Answer:"
-
     def _worked_example(self, ex: Example) -> str:
-        return f"{self._question_line(ex)}{ex.rationale}{self.observation(ex)}\n"
+        return f"{super().reward_prompt(ex)}{ex.rationale}{self.observation(ex)}\n"
 
     def policy_prompt(self, ex: Example) -> str:
-        return self._policy_context + self._question_line(ex)
+        return self._policy_context + super().policy_prompt(ex)
 
     def reward_prompt(self, ex: Example) -> str:
-        return self._reward_context + self._question_line(ex)
-
-    def observation(self, ex: Example) -> str:
-        return f". The answer is {ex.answer}."
+        return self._reward_context + super().reward_prompt(ex)
 
     def tool(self, generated: str) -> str | None:
         return calculator_output(generated)

@@ -2,7 +2,8 @@
 
 A task is text in, text out: it owns its data, prompts, tool and answer parsing, and knows
 nothing about models. The engine turns its strings into tokens; methods never see task internals
-beyond this interface.
+beyond this interface. `tasks.spec.SpecTask` implements the prompts, token rules and metrics from
+the task's YAML file (tasks/<name>.yaml), so a task module adds only its data and answer logic.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class Example:
     query: str  # the question itself, e.g. "5 + 9 - 3 + 8"
     answer: str  # the hidden answer, e.g. "19"; never shown to the policy
     rationale: str | None = None  # e.g. " 5 + 9 = 14, 14 - 3 = 11, 11 + 8 = 19"
+    given: str | None = None  # visible data besides the query, e.g. a story's ending in infilling
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,38 @@ class Task(Protocol):
         so that demonstrations and replayed samples keep tool tokens out of the actions."""
 
     def extract_answer(self, sample: str) -> str | None:
-        """The answer a sample commits to, or None."""
+        """The answer a sample commits to, or None. For a task with `choices`, the answer of a
+        sample is `extract_answer` of the observation the base LM prefers after it."""
+
+    # --- optional members (the engine reads them with these defaults when a task lacks them) ---
+    metrics: tuple[str, ...]
+    """Metric names the evaluation reports (each in methods/engine/metrics.py METRICS);
+    default: every metric the evaluation computes for free-form answers."""
+
+    terminator_texts: tuple[str, ...]
+    """Token texts that end a sample instead of EOS, e.g. (".",) for one sentence; the sample
+    excludes the terminator, and EOS is then not an action. Default (): EOS."""
+
+    banned_token_texts: frozenset[str]
+    """Exact token texts the policy may never emit (besides `allowed_chars`). Default: none."""
+
+    def choices(self, ex: Example) -> list[str] | None:
+        """Candidate observations Y (observation(ex) among them), or None for a free-form task.
+
+        The engine scores every candidate after every state in its one-pass reward. The reward
+        is that of observation(ex), plus `wrong_choice_penalty` at states after which the base
+        LM prefers another candidate; a sample's answer is that of its preferred candidate."""
+
+    wrong_choice_penalty: float
+    """Added to the untempered log R of a state whose preferred candidate is not observation(ex).
+    Default 0."""
+
+    tie_break: str | None
+    """The answer that wins a tie, between candidates and in the majority vote (default: the
+    answer seen first)."""
+
+    embedding_model: str | None
+    """Folder of the sentence encoder for the embedding metrics (default: MiniLM's wheel)."""
 
 
 ToolFn = Callable[[str], "str | None"]

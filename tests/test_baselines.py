@@ -187,10 +187,10 @@ def test_best_of_n_can_start_from_a_saved_adapter(tiny_policy, tmp_path):
 
 def test_methods_arithmetic_sweep_runs_every_method():
     plan = plan_sweep({"sweep": "methods_arithmetic", "scale": "cpu"})
-    assert sorted(m.name for m in plan.methods) == sorted(METHODS)
+    assert sorted({m.config.method for m in plan.methods}) == sorted(METHODS)
     by_name = {m.name: m for m in plan.methods}
-    assert by_name["prompting"].config.method_cfg.shots == 3
-    assert all(by_name[m].trials == 1 and not by_name[m].search for m in ("prompting", "best_of_n"))
+    assert by_name["zero_shot"].config.method_cfg.shots == 0 and by_name["few_shot"].config.method_cfg.shots == 3
+    assert all(by_name[m].trials == 1 and not by_name[m].search for m in ("zero_shot", "few_shot", "best_of_n"))
 
 
 def test_best_of_n_samples_from_the_adapter_a_tracked_run_saved(tmp_path, monkeypatch):

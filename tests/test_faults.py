@@ -84,7 +84,7 @@ def checkpointed_trial(tmp_path: Path) -> int | None:
         return None
     try:
         running = study(tmp_path).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    except KeyError:  # the study is not created yet
+    except KeyError:  # the journal exists, the study is not created yet
         return None
     for trial in running:
         if (tmp_path / "runs" / "smoke" / "trials" / "gfn_tb" / str(trial.number) / "checkpoint" / "checkpoint.pt").exists():
@@ -177,7 +177,14 @@ def test_a_job_at_its_time_limit_is_requeued_and_its_trial_continues(tmp_path):
     # next step and continues after the requeue, possibly more than once.
     proc = start_sweep(tmp_path, *LONG_TRIAL, "trials=1", "launcher=slurm", "slurm=local", "max_parallel=1",
                        "train.steps=150", "slurm.time_min=2", "slurm.signal_delay_s=40")
-    complete = lambda: next((t for t in study(tmp_path).trials if t.state == TrialState.COMPLETE), None)
+
+    def complete():
+        try:
+            trials = study(tmp_path).trials
+        except (KeyError, FileNotFoundError):  # no study yet
+            return None
+        return next((t for t in trials if t.state == TrialState.COMPLETE), None)
+
     wait_for(complete, 1200, "the trial to complete")
     # The finals would show the same again: stop the sweep as a user would, with Ctrl-C.
     os.kill(proc.pid, signal.SIGINT)

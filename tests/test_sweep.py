@@ -20,6 +20,7 @@ from bench.config import ConfigError
 from bench.sweep import plan_sweep, run_sweep
 from methods import METHODS
 from methods.base import TrainContext
+from tests.test_faults import needs_slurm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,11 +30,12 @@ def runs_of(uri: str, experiment: str, where: str):
     return mlflow.search_runs(experiment_names=[experiment], filter_string=where)
 
 
-def test_smoke_sweep_through_local_launcher(tmp_path):
+@pytest.mark.parametrize("launcher", ["local", pytest.param("slurm", marks=needs_slurm)])
+def test_smoke_sweep(tmp_path, launcher):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "sweep=smoke", "launcher=local", "run_dir=runs", "results_dir=results"],
+        [sys.executable, "-m", "bench.run", "sweep=smoke", f"launcher={launcher}", "run_dir=runs", "results_dir=results"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -6,11 +6,12 @@ frozen base (adapters disabled, no grad) for rewards and base likelihoods.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Callable
 
 import torch
 
 from methods.engine.models import Policy
-from methods.engine.reward import log_reward
+from methods.engine.reward import choice_log_reward, log_reward, observation_logprobs, preferred_choice
 from methods.engine.rollout import Scores, TokenRules, Trajectories, sample, score, token_logprobs
 from tasks.base import Example, Task
 
@@ -22,6 +23,12 @@ class Engine:
         vocab = policy.model.get_output_embeddings().weight.shape[0]
         self.rules = TokenRules.for_task(task, self.tokenizer, vocab)
         self.pad_id = self.tokenizer.pad_token_id
+        # Terminators that are text (the "." of a sentence) belong to the sample's likelihood.
+        self.text_terminator_ids = (self.rules.terminators.nonzero().flatten().tolist()
+                                    if getattr(task, "terminator_texts", ()) else [])
+        # What `sample` decodes with instead of sampling (method=prompting's baselines, a
+        # methods.engine.decoding.Decoding); None: the engine's own sampler.
+        self.decode: Callable[[Engine, list[Example], list[float], torch.Generator | None], Trajectories] | None = None
 
         @lru_cache(maxsize=None)
         def encode(text: str, special: bool) -> tuple[int, ...]:
@@ -39,13 +46,37 @@ class Engine:
     def observation_ids(self, ex: Example) -> list[int]:
         return list(self._encode(self.task.observation(ex), False))
 
+    def candidates(self, ex: Example) -> tuple[list[str], list[list[int]], int] | None:
+        """(candidate observations, their token ids, index of the candidate whose answer wins
+        ties or -1) for a task with `choices`; else None. Reads nothing hidden."""
+        choices = getattr(self.task, "choices", None)
+        texts = choices(ex) if choices else None
+        if texts is None:
+            return None
+        answers = [self.task.extract_answer(text) for text in texts]
+        tie_break = getattr(self.task, "tie_break", None)
+        tie = answers.index(tie_break) if tie_break is not None and tie_break in answers else -1
+        return texts, [list(self._encode(text, False)) for text in texts], tie
+
+    def _gold_index(self, ex: Example, texts: list[str]) -> int:
+        """Which candidate is Y (for the reward only)."""
+        gold = self.task.observation(ex)
+        if gold not in texts:
+            raise ValueError(f"task {self.task.name}: observation {gold!r} is not among its choices {texts}")
+        return texts.index(gold)
+
     def _chunks(self, n: int):
         return (list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size))
 
     # --- sampling and scoring -------------------------------------------------------------------
     def sample(self, examples: list[Example], temperatures: list[float],
                generator: torch.Generator | None = None) -> Trajectories:
-        """One trajectory per entry of `examples` (repeat an example for several samples)."""
+        """One trajectory per entry of `examples` (repeat an example for several samples).
+
+        With `decode` set, that decoding returns the rows instead, from the base LM.
+        """
+        if self.decode is not None:
+            return self.decode(self, examples, temperatures, generator)
         parts = []
         for rows in self._chunks(len(examples)):
             parts.append(sample(self.policy.model, self.tokenizer, self.task, self.rules,
@@ -58,18 +89,56 @@ class Engine:
         return score(self.policy.model, self.pad_id, self.rules, traj, hidden=hidden)
 
     def log_reward(self, traj: Trajectories, examples: list[Example], *, per_prefix: bool) -> torch.Tensor:
-        """Untempered log R per state [B, A+1] (or of the final state, [B]) under the frozen base."""
+        """Untempered log R per state [B, A+1] (or of the final state, [B]) under the frozen base.
+
+        For a task with `choices`: log p_base(s, Y_gold | reward prompt) plus the task's
+        `wrong_choice_penalty` at states after which the base prefers another candidate."""
         parts, width = [], max(traj.n_actions) + 1
         with self.policy.base():
             for rows in self._chunks(len(traj)):
                 part = traj.select(rows)
                 exs = [examples[i] for i in part.example_idx]
-                r = log_reward(self.policy.model, self.pad_id, [self.reward_prompt_ids(e) for e in exs],
-                               [self.observation_ids(e) for e in exs], part, per_prefix=per_prefix)
+                prompts = [self.reward_prompt_ids(e) for e in exs]
+                plans = [self.candidates(e) for e in exs]
+                if plans[0] is None:
+                    r = log_reward(self.policy.model, self.pad_id, prompts, [self.observation_ids(e) for e in exs],
+                                   part, per_prefix=per_prefix)
+                else:
+                    r = self._choice_reward(part, exs, prompts, plans, per_prefix)
                 if per_prefix:
                     r = torch.nn.functional.pad(r, (0, width - r.shape[1]))
                 parts.append(r)
         return torch.cat(parts)
+
+    def _choice_reward(self, part: Trajectories, exs: list[Example], prompts: list[list[int]], plans: list,
+                       per_prefix: bool) -> torch.Tensor:
+        logp = observation_logprobs(self.policy.model, self.pad_id, prompts, [plan[1] for plan in plans], part,
+                                    per_prefix=per_prefix)
+        device = logp.device
+        gold = torch.tensor([self._gold_index(e, plan[0]) for e, plan in zip(exs, plans)], device=device)
+        tie = torch.tensor([plan[2] for plan in plans], device=device)
+        n_states = torch.tensor([len(e) if per_prefix else 1 for e in part.state_ends()], device=device)
+        exists = torch.arange(logp.shape[1], device=device) < n_states.unsqueeze(1)
+        r = choice_log_reward(logp, gold, tie, getattr(self.task, "wrong_choice_penalty", 0.0), exists)
+        return r if per_prefix else r[:, 0]
+
+    def answers(self, traj: Trajectories, examples: list[Example]) -> list[str | None]:
+        """Each row's answer: `extract_answer` of its text, or for a task with `choices`, of the
+        candidate observation the frozen base LM prefers after it (never reading the gold)."""
+        if not len(traj) or self.candidates(examples[traj.example_idx[0]]) is None:
+            return [self.task.extract_answer(text) for text in self.texts(traj)]
+        out = []
+        with self.policy.base():
+            for rows in self._chunks(len(traj)):
+                part = traj.select(rows)
+                exs = [examples[i] for i in part.example_idx]
+                plans = [self.candidates(e) for e in exs]
+                logp = observation_logprobs(self.policy.model, self.pad_id, [self.reward_prompt_ids(e) for e in exs],
+                                            [plan[1] for plan in plans], part, per_prefix=False)[:, 0]
+                tie = torch.tensor([plan[2] for plan in plans], device=logp.device)
+                best = preferred_choice(logp, tie).tolist()
+                out += [self.task.extract_answer(plan[0][i]) for plan, i in zip(plans, best)]
+        return out
 
     def base_logprobs(self, traj: Trajectories) -> torch.Tensor:
         """[B, T] log p_base of every sample token (actions and tool tokens) given the policy prompt."""
@@ -80,6 +149,27 @@ class Engine:
                 lp = token_logprobs(self.policy.model, self.pad_id, part.prompt_ids, part.tokens)
                 parts.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
         return torch.cat(parts)
+
+    def base_loglik(self, traj: Trajectories) -> torch.Tensor:
+        """[B], on the CPU: log p_base of each sample given the policy prompt: its tokens, and for a
+        row that ended on a text terminator (the "." of a sentence) that end too, as
+        log Σ_t p_base(t) over the terminator tokens t (exact with one terminator token)."""
+        if not self.text_terminator_ids:
+            return self.base_logprobs(traj).sum(-1).cpu()
+        lengths = torch.tensor([len(t) for t in traj.tokens])
+        ended = torch.tensor(traj.terminated)
+        body, end_logps = None, []
+        for tok in self.text_terminator_ids:
+            extended = Trajectories(traj.example_idx, traj.prompt_ids,
+                                    [t + [tok] if done else t for t, done in zip(traj.tokens, traj.terminated)],
+                                    [a + [True] if done else a for a, done in zip(traj.is_action, traj.terminated)],
+                                    traj.terminated, traj.temperature)
+            lp = self.base_logprobs(extended).cpu()
+            if body is None:  # the sample's own tokens are the same in every extension
+                body = lp.masked_fill(torch.arange(lp.shape[1]) >= lengths.unsqueeze(1), 0.0).sum(-1)
+            end_logps.append(lp.gather(1, lengths.clamp(max=lp.shape[1] - 1).unsqueeze(1)).squeeze(1))
+        end = torch.stack(end_logps).logsumexp(0)
+        return body + torch.where(ended, end, torch.zeros_like(end))
 
     def demonstrations(self, examples: list[Example]) -> Trajectories:
         """Trajectories of the examples' rationales, tool outputs marked as environment tokens.

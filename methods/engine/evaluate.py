@@ -2,7 +2,15 @@
 
 All methods draw the same number of samples per query at the same temperature (paper: 10 at
 T=0.1), so their numbers are comparable. The likelihood is that of the sample (tool tokens
-included) under the frozen base model given the policy prompt.
+included, and its end when that is text, the "." of a sentence) under the frozen base model given
+the policy prompt. A sample's answer is the task's `extract_answer`, or for a task with candidate
+observations the one the base LM prefers after it (Engine.answers); a tied vote goes to the task's
+`tie_break` when it is among the tied answers.
+
+A task reports the metrics it declares (`task.metrics`, from its YAML file): accuracy means nothing
+for a sentence with no graded answer, and reference metrics (BLEU-4, GLEU, embedding similarity
+to the hidden answer) only apply where the answer is a reference text. A task that declares no
+list gets every free-form metric.
 
 A method may replace the majority vote by a test-time selection rule (best-of-N, `Select`): each
 query's answer is then that of its best-scored sample. `forward_tokens` counts the tokens each
@@ -17,7 +25,7 @@ import torch
 
 from methods.engine import embeddings
 from methods.engine.engine import Engine
-from methods.engine.metrics import distinct_n, majority_vote
+from methods.engine.metrics import FREE_FORM_METRICS, bleu4, distinct_n, gleu, majority_vote
 from methods.engine.rollout import Trajectories
 from tasks.base import Example
 
@@ -51,40 +59,56 @@ def evaluate_splits(engine: Engine, splits: dict[str, list[Example]], *, samples
     `select`: a best-of-N rule that picks each query's answer instead of the majority vote (ties
     go to the first sample drawn). `embedding_model`: folder of the sentence encoder behind
     `embedding_diversity` (default: MiniLM from its wheel; without the wheel the metric is left
-    out). Its samples are embedded in one batched pass.
+    out; the task's own `embedding_model` when none is given). Its samples are embedded in one
+    batched pass.
     """
     task, k = engine.task, samples
+    declared = tuple(getattr(task, "metrics", None) or FREE_FORM_METRICS)
+    tie_break = getattr(task, "tie_break", None)
+    embedding_model = embedding_model or getattr(task, "embedding_model", None)
     queries = [ex for examples in splits.values() for ex in examples]
     repeated = [ex for ex in queries for _ in range(k)]
     generator = torch.Generator(device=engine.policy.device).manual_seed(seed)
     traj = engine.sample(repeated, [temperature] * len(repeated), generator)
     texts = engine.texts(traj)
-    loglik = engine.base_logprobs(traj).sum(-1).cpu()
+    answers = engine.answers(traj, repeated)
+    loglik = engine.base_loglik(traj)
     cost = torch.tensor([len(p) + len(t) for p, t in zip(traj.prompt_ids, traj.tokens)], dtype=torch.float64)
     scores = None
     if select is not None:
         scores, select_cost = select(engine, repeated, traj)
         scores, cost = scores.cpu(), cost + torch.tensor(select_cost, dtype=torch.float64)
-    embedded = None
-    if embedding_model or embeddings.default_model_path() is not None:
+    embedded = references = None
+    if ({"embedding_diversity", "embedding_similarity"} & set(declared)
+            and (embedding_model or embeddings.default_model_path() is not None)):
         embedded = embeddings.encode(texts, embedding_model, device=engine.policy.device)
+        if "embedding_similarity" in declared:
+            references = embeddings.encode([ex.answer for ex in queries], embedding_model, device=engine.policy.device)
 
     results, first = {}, 0
     for name, examples in splits.items():
         correct, best_loglik, diversity, semantic, rows = [], [], [], [], []
+        bleu, gleu_scores, similarity = [], [], []
         for q, ex in enumerate(examples, start=first):
             mine = slice(q * k, (q + 1) * k)
             shown = q * k
             if scores is None:
-                vote = majority_vote([task.extract_answer(t) for t in texts[mine]])
+                vote = majority_vote(answers[mine], tie_break)
             else:
                 shown += int(scores[mine].argmax())  # argmax returns the first of tied maxima
-                vote = task.extract_answer(texts[shown])
+                vote = answers[shown]
             correct.append(float(vote is not None and vote == ex.answer))
             best_loglik.append(loglik[mine].max().item())
             diversity.append(distinct_n(texts[mine], 2))
             if embedded is not None:
                 semantic.append(embeddings.diversity(embedded[mine]))
+            # Reference metrics: every sample against the hidden reference, averaged per query.
+            if "bleu4" in declared:
+                bleu.append(sum(bleu4(t, ex.answer) for t in texts[mine]) / k)
+            if "gleu" in declared:
+                gleu_scores.append(sum(gleu(t, ex.answer) for t in texts[mine]) / k)
+            if references is not None:
+                similarity.append(float((embedded[mine].double() @ references[q].double()).mean()))
             rows.append({"query": ex.query, "answer": ex.answer, "vote": vote, "sample": texts[shown]})
         rows_of_split = slice(first * k, (first + len(examples)) * k)
         first += len(examples)
@@ -99,5 +123,11 @@ def evaluate_splits(engine: Engine, splits: dict[str, list[Example]], *, samples
         }
         if embedded is not None:
             metrics["embedding_diversity"] = sum(semantic) / n
-        results[name] = EvalResult(metrics, rows)
+        reference_scores = {"bleu4": bleu, "gleu": gleu_scores}
+        if references is not None:
+            reference_scores["embedding_similarity"] = similarity
+        for key, values in reference_scores.items():
+            if key in declared:
+                metrics[key] = sum(values) / n
+        results[name] = EvalResult({key: metrics[key] for key in declared if key in metrics}, rows)
     return results

@@ -6,6 +6,10 @@ forward pass per generated token for this. Here one pass per batch suffices: the
 the context (reward prompt + sample) once, followed by one copy of Y per state, and a 4-D
 attention mask lets copy k see only the context up to s_k and itself, with position ids as if
 it came right after s_k. Methods divide by the reward temperature themselves.
+
+A task with candidate observations (`choices`, e.g. one per class label) gets one copy of every
+candidate per state in the same pass (`observation_logprobs`); `choice_log_reward` turns them into
+the reward: the gold candidate's, plus the task's penalty where the base LM prefers another.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from methods.engine.rollout import Trajectories
 @dataclass
 class RewardRow:
     """One trajectory's reward sequence: context (reward prompt + sample), then one copy of
-    Y[:-1] per state, and the read-out plan."""
+    Y_c[:-1] per state and candidate c, and the read-out plan."""
 
     ids: list[int]
     pos: list[int]
@@ -28,25 +32,28 @@ class RewardRow:
     own_start: list[int]  # ...and its own copy from own_start up to itself
     y_at: list[int]  # logits position of each Y read-out
     y_token: list[int]
-    y_state: list[int]  # the state k whose log p(Y | s_k) the read-out adds to
+    y_state: list[int]  # the slot k * C + c whose log p(Y_c | s_k) the read-out adds to
 
 
-def reward_row(prompt: list[int], tokens: list[int], state_ends: list[int], y: list[int]) -> RewardRow:
+def reward_row(prompt: list[int], tokens: list[int], state_ends: list[int], ys: list[list[int]]) -> RewardRow:
+    """`ys`: the C candidate observations (one for a task without choices)."""
     row = RewardRow(prompt + tokens, list(range(len(prompt) + len(tokens))), len(prompt) + len(tokens), [], [], [], [], [])
     for k, end in enumerate(state_ends):
         prefix = len(prompt) + end
-        row.y_at.append(prefix - 1)  # Y[0] is predicted by the last token of s_k itself
-        row.y_token.append(y[0])
-        row.y_state.append(k)
-        start = len(row.ids)
-        for j, tok in enumerate(y[:-1]):
-            row.ids.append(tok)
-            row.pos.append(prefix + j)
-            row.context_end.append(prefix)
-            row.own_start.append(start)
-            row.y_at.append(start + j)
-            row.y_token.append(y[j + 1])
-            row.y_state.append(k)
+        for c, y in enumerate(ys):
+            slot = k * len(ys) + c
+            row.y_at.append(prefix - 1)  # Y[0] is predicted by the last token of s_k itself
+            row.y_token.append(y[0])
+            row.y_state.append(slot)
+            start = len(row.ids)
+            for j, tok in enumerate(y[:-1]):
+                row.ids.append(tok)
+                row.pos.append(prefix + j)
+                row.context_end.append(prefix)
+                row.own_start.append(start)
+                row.y_at.append(start + j)
+                row.y_token.append(y[j + 1])
+                row.y_state.append(slot)
     return row
 
 
@@ -65,6 +72,17 @@ def log_reward(model, pad_id: int, reward_prompt_ids: list[list[int]], y_ids: li
 
     Returns [B, A+1] (0 for states a row does not have) or [B]. The caller disables adapters.
     """
+    logp = observation_logprobs(model, pad_id, reward_prompt_ids, [[y] for y in y_ids], traj, per_prefix=per_prefix)
+    return logp[..., 0] if per_prefix else logp[:, 0, 0]
+
+
+def observation_logprobs(model, pad_id: int, reward_prompt_ids: list[list[int]], candidates: list[list[list[int]]],
+                         traj: Trajectories, *, per_prefix: bool = True) -> torch.Tensor:
+    """log p(s_k, Y_c | reward prompt) for every state k (or the final state) and candidate c.
+
+    `candidates[b]` holds row b's candidate observations. Returns [B, A+1, C] ([B, 1, C] without
+    per_prefix): 0 for states a row does not have, -inf for candidates it does not have.
+    """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     # The prompt prefix every row shares (few-shot demonstrations) is run once and its KV cache
@@ -73,7 +91,7 @@ def log_reward(model, pad_id: int, reward_prompt_ids: list[list[int]], y_ids: li
     shared = shared_prefix(reward_prompt_ids)
     prompts = [p[len(shared):] for p in reward_prompt_ids]
     ends = [e if per_prefix else e[-1:] for e in traj.state_ends()]
-    rows = [reward_row(prompts[b], traj.tokens[b], ends[b], y_ids[b]) for b in range(len(traj))]
+    rows = [reward_row(prompts[b], traj.tokens[b], ends[b], candidates[b]) for b in range(len(traj))]
     width = max(len(r.ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
@@ -106,12 +124,37 @@ def log_reward(model, pad_id: int, reward_prompt_ids: list[list[int]], y_ids: li
         at_t = torch.tensor(at, device=device) - first
         return logits[b, at_t, torch.tensor(tok, device=device)] - lse[b, at_t]
 
-    n_states = max(len(e) for e in ends)
-    result = torch.zeros((len(rows), n_states), device=device)
+    n_states, n_candidates = max(len(e) for e in ends), max(len(c) for c in candidates)
+    result = torch.zeros((len(rows), n_states, n_candidates), device=device)
     for b, r in enumerate(rows):
-        start = len(prompts[b])
+        start, n_c = len(prompts[b]), len(candidates[b])
         gen = logp_at(b, list(range(start - 1, r.context_len - 1)), traj.tokens[b]) if traj.tokens[b] else torch.zeros(0, device=device)
         cum = torch.cat([torch.zeros(1, device=device), gen.cumsum(0)])  # log p of the first e sample tokens
-        y = torch.zeros(len(ends[b]), device=device).index_add_(0, torch.tensor(r.y_state, device=device), logp_at(b, r.y_at, r.y_token))
-        result[b, :len(ends[b])] = cum[torch.tensor(ends[b], device=device)] + y
-    return result if per_prefix else result[:, 0]
+        slots = torch.tensor(r.y_state, device=device)
+        y = torch.zeros(len(ends[b]) * n_c, device=device).index_add_(0, slots, logp_at(b, r.y_at, r.y_token))
+        result[b, :len(ends[b]), :n_c] = cum[torch.tensor(ends[b], device=device)].unsqueeze(-1) + y.view(-1, n_c)
+        result[b, :, n_c:] = float("-inf")
+    return result
+
+
+def preferred_choice(choice_logp: torch.Tensor, tie_index: torch.Tensor) -> torch.Tensor:
+    """Index of the candidate the base LM scores highest, [...] from [..., C].
+
+    A tie goes to `tie_index` (broadcast against [...]) when it is among the tied, else to the
+    first tied candidate; -1 in `tie_index`: no preference."""
+    tied = choice_logp == choice_logp.max(-1, keepdim=True).values
+    first = tied.int().argmax(-1)  # argmax returns the first of equal maxima
+    tie_index = tie_index.expand_as(first)
+    favoured = tied.gather(-1, tie_index.clamp(min=0).unsqueeze(-1)).squeeze(-1) & (tie_index >= 0)
+    return torch.where(favoured, tie_index, first)
+
+
+def choice_log_reward(choice_logp: torch.Tensor, gold: torch.Tensor, tie_index: torch.Tensor,
+                      penalty: float, exists: torch.Tensor) -> torch.Tensor:
+    """[B, S] log R of a task with candidates: log p(s_k, Y_gold), plus `penalty` at the states
+    whose preferred candidate is not the gold one; 0 where `exists` [B, S] is False.
+
+    choice_logp [B, S, C]; gold, tie_index [B] (see preferred_choice)."""
+    gold_logp = choice_logp.gather(-1, gold.view(-1, 1, 1).expand(-1, choice_logp.shape[1], 1)).squeeze(-1)
+    wrong = preferred_choice(choice_logp, tie_index.view(-1, 1)) != gold.view(-1, 1)
+    return torch.where(exists, gold_logp + penalty * wrong, torch.zeros_like(gold_logp))

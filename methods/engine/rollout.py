@@ -32,19 +32,32 @@ class TokenRules:
 
     @classmethod
     def for_task(cls, task: Task, tokenizer, vocab_size: int) -> "TokenRules":
+        """Masks from the task's token rules: `allowed_chars`, `banned_token_texts` (exact token
+        texts), and what ends a sample: the tokens whose text is one of `terminator_texts` when
+        the task names any (EOS is then no action), else EOS; plus newlines with `stop_on_newline`."""
         allowed = torch.ones(vocab_size, dtype=torch.bool)
         terminators = torch.zeros(vocab_size, dtype=torch.bool)
         special = set(tokenizer.all_special_ids)
+        terminator_texts = set(getattr(task, "terminator_texts", ()))
+        banned = getattr(task, "banned_token_texts", frozenset())
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         for i, text in enumerate(texts[:vocab_size]):
             if i in special:
+                allowed[i] = False
+            elif text in terminator_texts:
+                terminators[i] = True
+            elif text in banned:
                 allowed[i] = False
             elif task.allowed_chars is not None and (not text or any(c not in task.allowed_chars for c in text)):
                 allowed[i] = False
             elif "\n" in text and task.stop_on_newline:
                 terminators[i] = True
         allowed[len(texts):] = False  # padding rows of the embedding matrix are not tokens
-        terminators[tokenizer.eos_token_id] = True
+        if terminator_texts and not terminators.any():
+            raise ValueError(f"task {task.name}: no token of the tokenizer is exactly one of its "
+                             f"terminators {sorted(terminator_texts)}")
+        if not terminator_texts:
+            terminators[tokenizer.eos_token_id] = True
         allowed |= terminators
         return cls(allowed, terminators, task.min_actions, task.max_actions)
 

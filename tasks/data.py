@@ -1,0 +1,111 @@
+"""Reading task data files: CSV with a header, JSON lines, plain lines.
+
+Every malformed row is reported as `<file>:<line>: <why>`, so a bad line in a large file is found
+at once; an empty split is reported with the setting that fills it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+
+class DataError(ValueError):
+    """A data file is missing, malformed, or leaves a split empty; one line that says what to do."""
+
+
+def _open_text(path: Path, task: str):
+    if not path.is_file():
+        raise DataError(f"{task}: data file {path} not found")
+    return path.open(encoding="utf-8", newline="")
+
+
+def read_csv(path: str | Path, columns: tuple[str, ...], task: str) -> list[dict[str, str]]:
+    """Rows of a CSV file whose header holds `columns` (others are ignored), each value non-empty.
+
+    Line numbers are those of the file (a quoted field may span lines: its row's first line)."""
+    path = Path(path)
+    with _open_text(path, task) as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{task}: {path} is empty; expected a header with {', '.join(columns)}") from None
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise DataError(f"{task}: {path}:1: {err}") from None
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise DataError(f"{task}: {path}:1: header lacks column {', '.join(missing)} "
+                            f"(expected {', '.join(columns)})")
+        index = {c: header.index(c) for c in columns}
+        rows = []
+        line = reader.line_num + 1
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except (csv.Error, UnicodeDecodeError) as err:
+                raise DataError(f"{task}: {path}:{line}: {err}") from None
+            if values:  # a blank line is no row
+                if len(values) != len(header):
+                    raise DataError(f"{task}: {path}:{line}: {len(values)} fields, the header has {len(header)}")
+                empty = [c for c in columns if not values[index[c]].strip()]
+                if empty:
+                    raise DataError(f"{task}: {path}:{line}: empty {', '.join(empty)}")
+                rows.append({c: values[index[c]].strip() for c in columns})
+            line = reader.line_num + 1
+    return rows
+
+
+def read_jsonl(path: str | Path, keys: dict[str, type], task: str,
+               check: Callable[[dict[str, Any]], str | None] | None = None) -> list[dict[str, Any]]:
+    """Objects of a JSON-lines file, each with `keys` of the given types (blank lines skipped);
+    `check` returns why an item is invalid, or None."""
+    path = Path(path)
+    items = []
+    with _open_text(path, task) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{task}: {path}:{line_no}: invalid JSON: {err.msg}") from None
+            if not isinstance(item, dict):
+                raise DataError(f"{task}: {path}:{line_no}: expected a JSON object")
+            for key, kind in keys.items():
+                if key not in item:
+                    raise DataError(f"{task}: {path}:{line_no}: missing key {key!r}")
+                if type(item[key]) is not kind:
+                    raise DataError(f"{task}: {path}:{line_no}: {key!r} should be {kind.__name__}, "
+                                    f"got {item[key]!r}")
+            why = check(item) if check else None
+            if why:
+                raise DataError(f"{task}: {path}:{line_no}: {why}")
+            items.append(item)
+    return items
+
+
+def read_lines(path: str | Path, limit: int, task: str) -> list[str]:
+    """The first `limit` non-empty lines of a text file, stripped."""
+    path = Path(path)
+    lines, line_no = [], 0
+    with _open_text(path, task) as handle:
+        try:
+            for line_no, line in enumerate(handle, start=1):
+                if line.strip():
+                    lines.append(line.strip())
+                    if len(lines) == limit:
+                        break
+        except UnicodeDecodeError as err:
+            raise DataError(f"{task}: {path}:{line_no + 1}: not UTF-8 text: {err.reason}") from None
+    return lines
+
+
+def require(split: str, examples: list, task: str, fix: str) -> list:
+    """`examples`, or a DataError naming the empty split and the setting that fills it."""
+    if not examples:
+        raise DataError(f"{task}: the {split} split is empty; {fix}")
+    return examples

@@ -1,0 +1,195 @@
+"""SUBJ: few-shot data and splits, the prompt, label parsing, the per-candidate reward with the
+wrong-label shaping against one forward pass per state and label, ties, and data errors."""
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from methods.engine.engine import Engine
+from methods.engine.evaluate import evaluate
+from methods.engine.reward import preferred_choice
+from tasks import task_class
+from tasks.base import Example
+from tasks.data import DataError
+from tasks.subj import LABELS, Config, SubjTask
+
+
+def write_folder(folder, n_train=2, train=8, test=3, bad_line=None):
+    """A small SUBJ folder: train.jsonl, test.jsonl and train.{n_train}.jsonl (its first items)."""
+    folder.mkdir(exist_ok=True)
+    items = {"train": [{"text": f"review number {i} .", "label": i % 2} for i in range(train)],
+             "test": [{"text": f"test review {i} .", "label": i % 2} for i in range(test)]}
+    items[f"train.{n_train}"] = items["train"][:n_train]
+    for name, rows in items.items():
+        lines = [json.dumps(row) for row in rows]
+        if bad_line and bad_line[0] == name:
+            lines.insert(bad_line[1] - 1, bad_line[2])
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shared_task(shared_data):
+    return SubjTask(Config(), str(shared_data))
+
+
+def test_registered_and_few_shot_sets_follow_n_train(shared_data):
+    assert task_class("subj") is SubjTask
+    for n in (10, 20, 50):
+        task = SubjTask(Config(n_train=n), str(shared_data))
+        lines = (shared_data / "subj" / f"train.{n}.jsonl").read_text().splitlines()
+        assert [ex.query for ex in task.train_examples()] == [" ".join(json.loads(x)["text"].split()) for x in lines]
+        assert [d.rationale for d in task.demonstrations()] == [" " + ex.answer for ex in task.train_examples()]
+
+
+def test_validation_is_deterministic_and_disjoint_from_few_shot_and_test(shared_task, shared_data):
+    valid = shared_task.validation_examples()
+    assert len(valid) == Config().n_valid
+    assert valid == SubjTask(Config(), str(shared_data)).validation_examples()
+    assert valid != SubjTask(Config(data_seed=1), str(shared_data)).validation_examples()
+    queries = {ex.query for ex in valid}
+    assert len(queries) == len(valid)
+    assert not queries & {ex.query for ex in shared_task.train_examples()}
+    assert not queries & {ex.query for ex in shared_task.eval_splits()[0].examples}
+    assert len(shared_task.eval_splits()[0].examples) == 2000
+
+
+def test_prompt_is_the_papers_and_never_depends_on_the_label(shared_task):
+    ex = Example(query="a quiet , moving film .", answer="subjective")
+    assert shared_task.policy_prompt(ex) == ('Classify this movie review as objective or subjective: '
+                                             '"a quiet , moving film ." This review is')
+    other = Example(ex.query, "objective")
+    assert shared_task.policy_prompt(ex) == shared_task.policy_prompt(other)
+    assert shared_task.reward_prompt(ex) == shared_task.reward_prompt(other)
+    assert shared_task.observation(ex) == ", so it is subjective."
+    assert shared_task.choices(ex) == [", so it is objective.", ", so it is subjective."]
+
+
+@pytest.mark.parametrize("text, label", [
+    (", so it is subjective.", "subjective"),
+    (", so it is objective.", "objective"),
+    (" sad, so it is objective, so it is subjective.", "subjective"),  # the last statement
+    (" subjective", None),  # a rationale alone states nothing
+    (", so it is objectives.", None),
+    ("", None),
+])
+def test_label_parsing(shared_task, text, label):
+    assert shared_task.extract_answer(text) == label
+
+
+def test_ties_go_to_subjective():
+    scores = torch.tensor([[-1.0, -1.0], [-0.5, -2.0], [-3.0, -1.0]])
+    subjective = torch.tensor(LABELS.index("subjective"))
+    assert preferred_choice(scores, subjective).tolist() == [1, 0, 1]
+    assert preferred_choice(scores, torch.tensor(-1)).tolist() == [0, 0, 1]  # no preference: first
+
+
+# --- the reward on the tiny model ---------------------------------------------------------------
+def slow_logp(engine, prompt, tokens, observation):
+    """log p(tokens + observation | prompt) under the base, by one forward pass."""
+    y = engine.tokenizer(observation, add_special_tokens=False).input_ids
+    ids = torch.tensor([prompt + tokens + y])
+    with engine.policy.base():
+        logp = engine.policy.model(input_ids=ids).logits[0].float().log_softmax(-1)
+    targets = ids[0, len(prompt):]
+    return logp[len(prompt) - 1:-1].gather(-1, targets.unsqueeze(-1)).sum().item()
+
+
+@pytest.fixture
+def engine_and_rows(tiny_policy, tmp_path):
+    task = SubjTask(Config(n_train=4, n_valid=2), str(write_folder(tmp_path / "subj", n_train=4).parent))
+    engine = Engine(tiny_policy, task, batch_size=8)
+    examples = [ex for ex in task.train_examples() for _ in range(3)]
+    traj = engine.sample(examples, [1.5] * len(examples), torch.Generator().manual_seed(0))
+    return task, engine, examples, traj
+
+
+def test_reward_is_gold_likelihood_minus_50_where_the_base_prefers_the_wrong_label(engine_and_rows):
+    task, engine, examples, traj = engine_and_rows
+    assert all(1 <= n <= 5 for n in traj.n_actions)
+    fast = engine.log_reward(traj, examples, per_prefix=True)
+    final = engine.log_reward(traj, examples, per_prefix=False)
+    penalized = 0
+    for b, ends in enumerate(traj.state_ends()):
+        ex = examples[traj.example_idx[b]]
+        prompt = engine.reward_prompt_ids(ex)
+        for k, end in enumerate(ends):
+            by_label = {label: slow_logp(engine, prompt, traj.tokens[b][:end], f", so it is {label}.")
+                        for label in LABELS}
+            preferred = "subjective" if by_label["subjective"] >= by_label["objective"] else "objective"
+            expected = by_label[ex.answer] + (-50.0 if preferred != ex.answer else 0.0)
+            penalized += preferred != ex.answer
+            assert fast[b, k].item() == pytest.approx(expected, abs=1e-3)
+        assert final[b].item() == pytest.approx(fast[b, len(ends) - 1].item(), abs=1e-4)
+        assert (fast[b, len(ends):] == 0).all()
+    assert penalized, "the toy should contain states after which the wrong label wins"
+
+
+def test_answer_is_the_label_the_base_prefers_after_the_rationale(engine_and_rows):
+    task, engine, examples, traj = engine_and_rows
+    answers = engine.answers(traj, examples)
+    for b, answer in enumerate(answers):
+        prompt = engine.reward_prompt_ids(examples[b])
+        by_label = {label: slow_logp(engine, prompt, traj.tokens[b], f", so it is {label}.") for label in LABELS}
+        assert answer == max(LABELS, key=lambda label: (by_label[label], label == "subjective"))
+    # The answer never reads the gold label: flipping every gold label changes nothing.
+    flipped = [Example(ex.query, LABELS[1 - LABELS.index(ex.answer)]) for ex in examples]
+    assert engine.answers(traj, flipped) == answers
+
+
+def test_no_shaping_with_a_zero_penalty(tiny_policy, tmp_path):
+    task = SubjTask(Config(n_train=4, n_valid=2, wrong_label_penalty=0.0),
+                    str(write_folder(tmp_path / "subj", n_train=4).parent))
+    engine = Engine(tiny_policy, task, batch_size=8)
+    demos = task.demonstrations()
+    traj = engine.demonstrations(demos)
+    reward = engine.log_reward(traj, demos, per_prefix=False)
+    for b, ex in enumerate(demos):
+        assert reward[b].item() == pytest.approx(
+            slow_logp(engine, engine.reward_prompt_ids(ex), traj.tokens[b], task.observation(ex)), abs=1e-3)
+
+
+def test_evaluation_votes_over_rationales_and_reports_accuracy(engine_and_rows):
+    task, engine, _, _ = engine_and_rows
+    queries = task.train_examples()
+    result = evaluate(engine, queries, samples=3, temperature=1.0)
+    assert set(result.metrics) <= set(task.metrics) and "accuracy" in result.metrics
+    expected = sum(row["vote"] == row["answer"] for row in result.rows) / len(queries)
+    assert result.metrics["accuracy"] == pytest.approx(expected)
+    assert all(row["vote"] in LABELS for row in result.rows)
+
+
+# --- data errors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad_line, message", [
+    (("train.2", 2, "{not json"), r"train\.2\.jsonl:2: invalid JSON"),
+    (("test", 3, '{"text": "x", "label": 2}'), r"test\.jsonl:3: label 2 is not one of 0 \(objective\)"),
+    (("train", 1, '{"label": 1}'), r"train\.jsonl:1: missing key 'text'"),
+    (("test", 2, '{"text": 5, "label": 1}'), r"test\.jsonl:2: 'text' should be str"),
+])
+def test_malformed_lines_name_file_and_line(tmp_path, bad_line, message):
+    write_folder(tmp_path / "subj", bad_line=bad_line)
+    with pytest.raises(DataError, match=message):
+        SubjTask(Config(n_train=2, n_valid=2), str(tmp_path))
+
+
+def test_empty_splits_and_missing_few_shot_files_say_what_to_set(tmp_path):
+    write_folder(tmp_path / "subj", test=0)
+    with pytest.raises(DataError, match="the test split is empty"):
+        SubjTask(Config(n_train=2, n_valid=2), str(tmp_path))
+    write_folder(tmp_path / "subj")
+    with pytest.raises(DataError, match=r"train\.10\.jsonl not found; .*n_train=10, 20, 50"):
+        SubjTask(Config(n_train=10, n_valid=2), str(tmp_path))
+    with pytest.raises(DataError, match="lower task.n_valid"):
+        SubjTask(Config(n_train=2, n_valid=7), str(tmp_path))
+
+
+def test_without_data_the_error_names_data_dir_and_the_hub_dataset(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    with pytest.raises(DataError, match=r"subj: no data: .*subj not found \(set data_dir=.*SetFit/subj "
+                                        r"could not be loaded \(ConnectionError\)"):
+        SubjTask(Config(), str(tmp_path))
