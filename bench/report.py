@@ -68,13 +68,13 @@ class ReportError(RuntimeError):
     """Nothing to report; the message says what is missing."""
 
 
-def latest_parent_run(experiment_id: str, sweep: str) -> str:
-    runs = mlflow.search_runs(experiment_ids=[experiment_id], max_results=1,
+def latest_parent_run(client: mlflow.MlflowClient, experiment_id: str, sweep: str) -> str:
+    runs = client.search_runs([experiment_id], max_results=1,
                               filter_string=f"tags.sweep = '{sweep}' and tags.stage = 'sweep'",
                               order_by=["attributes.start_time DESC"])
-    if runs.empty:
+    if not runs:
         raise ReportError(f"no sweep run of {sweep!r} in experiment {experiment_id}")
-    return str(runs.loc[0, "run_id"])
+    return runs[0].info.run_id
 
 
 def build_leaderboard(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str) -> Leaderboard:
@@ -175,8 +175,9 @@ def main(argv: list[str]) -> int:
         experiment = mlflow.get_experiment_by_name(sweep)
         if experiment is None:
             raise ReportError(f"no experiment {sweep!r} in {uri}")
-        parent_id = parent_id or latest_parent_run(experiment.experiment_id, sweep)
-        board = build_leaderboard(mlflow.MlflowClient(uri), experiment.experiment_id, parent_id)
+        client = mlflow.MlflowClient(uri)
+        parent_id = parent_id or latest_parent_run(client, experiment.experiment_id, sweep)
+        board = build_leaderboard(client, experiment.experiment_id, parent_id)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -51,7 +51,7 @@ def test_leaderboard_averages_finished_finals_of_one_sweep(store, tmp_path):
     add_run(client, experiment_id, {"sweep": "demo", "stage": "trial", "method": "ppo", "seed": "0",
                                     "mlflow.parentRunId": parent}, {"test_id/accuracy": 1.0})
 
-    assert report.latest_parent_run(experiment_id, "demo") == parent
+    assert report.latest_parent_run(client, experiment_id, "demo") == parent
     board = report.build_leaderboard(client, experiment_id, parent)
     assert board.cells["gfn_tb"]["test_id/accuracy"] == pytest.approx([0.5, 0.7])
     assert board.cells["ppo"]["test_id/accuracy"] == [0.25]
