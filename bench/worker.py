@@ -182,9 +182,12 @@ class Worker(submitit.helpers.Checkpointable):
         studies, budgets, methods = {}, {}, {}
         for method in plan.methods:
             name = f"{plan.spec.name}.{method.name}"
-            seed = hash((method.config.seed, self.index, len(optuna.load_study(study_name=name, storage=store).trials)))
-            studies[method.name] = optuna.load_study(study_name=name, storage=store,
-                                                     sampler=optuna.samplers.TPESampler(seed=seed % 2**31))
+            study = optuna.load_study(study_name=name, storage=store)
+            # Seeded apart per worker and per resumption, so that parallel workers (and a resumed
+            # sweep) do not draw the same random start-up points.
+            seed = hash((method.config.seed, self.index, len(study.trials))) % 2**31
+            study.sampler = optuna.samplers.TPESampler(seed=seed)
+            studies[method.name] = study
             budgets[method.name], methods[method.name] = method.trials, method
         done = {"completed": 0, "failed": 0, "interrupted": 0, "worker": self.index, "host": socket.gethostname()}
         while StopRequest.reason is None:

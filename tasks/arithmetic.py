@@ -246,10 +246,7 @@ class ArithmeticTask(SpecTask):
 
     def __init__(self, config: Config, data_dir: str | None = None):
         _check(config)
-        SPEC.check_defaults(Config)
-        self.config = config
-        self.min_actions = config.min_actions
-        self.max_actions = config.max_actions
+        self._take_config(config)
         if config.source == "generated":
             self._demos, self._train, self._valid, self._tests = _generate(config)
         else:

@@ -56,9 +56,7 @@ class ContinuationTask(SpecTask):
 
     def __init__(self, config: Config, data_dir: str | None = None):
         _check(config)
-        SPEC.check_defaults(Config)
-        self.config = config
-        self.min_actions, self.max_actions = config.min_actions, config.max_actions
+        self._take_config(config)
         if config.path:
             path = Path(config.path).expanduser()
         elif data_dir:

@@ -77,9 +77,7 @@ class InfillingTask(SpecTask):
 
     def __init__(self, config: Config, data_dir: str | None = None):
         _check(config)
-        SPEC.check_defaults(Config)
-        self.config = config
-        self.min_actions, self.max_actions = config.min_actions, config.max_actions
+        self._take_config(config)
         self.embedding_model = config.embedding_model
         path = Path(config.path).expanduser() if config.path else SHIPPED
         stories = read_stories(path)

@@ -191,6 +191,13 @@ class SpecTask:
     wrong_choice_penalty = 0.0
     embedding_model: str | None = None
 
+    def _take_config(self, config) -> None:
+        """What every task does first with its (already checked) Config: check the YAML's
+        defaults against the Config class, keep it, and take the action bounds from it."""
+        self.spec.check_defaults(type(config))
+        self.config = config
+        self.min_actions, self.max_actions = config.min_actions, config.max_actions
+
     @property
     def name(self) -> str:
         return self.spec.task

@@ -128,9 +128,7 @@ class SubjTask(SpecTask):
 
     def __init__(self, config: Config, data_dir: str | None = None):
         _check(config)
-        SPEC.check_defaults(Config)
-        self.config = config
-        self.min_actions, self.max_actions = config.min_actions, config.max_actions
+        self._take_config(config)
         self.wrong_choice_penalty = config.wrong_label_penalty
         if config.path:
             folder = Path(config.path).expanduser()
