@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -514,7 +513,7 @@ def _open_study(plan: SweepPlan, method: MethodPlan, storage) -> optuna.Study:
 def run_sweep(plan: SweepPlan) -> int:
     """Tune, run the finals, write the leaderboard. Returns the exit status: 0, or 1 when a
     method has no completed trial or a final run failed."""
-    cfg, spec = plan.cfg, plan.spec
+    cfg = plan.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from us
     with tracking.serve(cfg.run_dir) if cfg.mlflow_server else contextlib.nullcontext():
         return _run_sweep(plan)
