@@ -33,6 +33,16 @@ class ConfigError(ValueError):
     """A bad setting; the message is one line that names the key or file."""
 
 
+@dataclass
+class TrainerConfig:
+    """How one run trains (`trainer.<field>=...`); see bench/parallel.py."""
+
+    num_processes: int = field(default=1, metadata={
+        "help": "processes that train one run together through accelerate (data parallel, one node): one "
+                "per GPU, or each on a share of the CPU cores; each takes train.batch_prompts / num_processes "
+                "of every step's queries and their gradients are averaged. Methods that train nothing use one"})
+
+
 def _default_data_dir() -> str | None:
     shared = REPO_ROOT.parent / "shared" / "data"
     return str(shared) if shared.is_dir() else None
@@ -90,6 +100,8 @@ class RunConfig:
         "help": "folder where sweeps write results/<sweep>/leaderboard.md"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={
         "help": "training budget and evaluation protocol, shared by all methods"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={
+        "help": "processes that train each run"})
     task_cfg: Any = field(default_factory=_no_config, metadata={
         "help": "the selected task's Config (set through `task.<field>=...`)", "group": "task"})
     method_cfg: Any = field(default_factory=_no_config, metadata={
@@ -309,6 +321,14 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
     if cfg.heartbeat_s <= 0 or cfg.stale_after_s <= cfg.heartbeat_s:
         raise ConfigError(f"heartbeat_s ({cfg.heartbeat_s}) must be positive and below stale_after_s "
                           f"({cfg.stale_after_s})")
+    n = cfg.trainer.num_processes
+    if n < 1:
+        raise ConfigError(f"trainer.num_processes: expected at least 1, got {n}")
+    if cfg.train.batch_prompts % n:
+        raise ConfigError(f"train.batch_prompts={cfg.train.batch_prompts} is not a multiple of trainer.num_processes={n}: "
+                          "each process trains on an equal share of every step's queries")
+    if cfg.launcher == "slurm" and 0 < cfg.slurm.gpus_per_node < n:
+        raise ConfigError(f"trainer.num_processes={n} needs a GPU each, but slurm.gpus_per_node={cfg.slurm.gpus_per_node}")
     if cfg.threads < 0:
         raise ConfigError(f"threads: expected 0 (torch's default) or more, got {cfg.threads}")
     # Absolute, so that trial subprocesses and the printed commands do not depend on the cwd.

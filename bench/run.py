@@ -47,6 +47,7 @@ def help_text(cfg: RunConfig) -> str:
             {k: s for k, s in known.items() if "." not in k},
         "train.* (budget and evaluation; scale presets change these defaults)":
             {k: s for k, s in known.items() if k.startswith("train.")},
+        "trainer.* (processes per run)": {k: s for k, s in known.items() if k.startswith("trainer.")},
         "model.*": {k: s for k, s in known.items() if k.startswith("model.")},
         f"task.* (task={cfg.task})": {k: s for k, s in known.items() if k.startswith("task.")},
         f"method.* (method={cfg.method}; `--help method=NAME` shows another)":

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+import pandas as pd
+from mlflow.entities import Metric, RunTag
 
 from bench.config import REPO_ROOT, RunConfig
 
@@ -52,6 +54,37 @@ def ensure_experiment(cfg: RunConfig) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
+class RunLog:
+    """Writes to one MLflow run by its id, from any process: the fluent API's active run belongs to
+    the process that started it, while a run trained by several processes is recorded by its
+    process 0 (bench/parallel.py)."""
+
+    def __init__(self, run_id: str):
+        self.run_id, self.client = run_id, mlflow.MlflowClient()
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in values.items()])
+
+    def tags(self, values: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in values.items()])
+
+    def table(self, rows: list[dict], name: str) -> None:
+        """Rows (query, sample, reward, ...) as the run's table `samples/<name>.json`; none: nothing."""
+        if rows:
+            self.client.log_table(self.run_id, pd.DataFrame(rows), artifact_file=f"samples/{name}.json")
+
+    def artifacts(self, folder: str, path: str) -> None:
+        self.client.log_artifacts(self.run_id, folder, path)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def ui_hint(uri: str) -> str:
     """The command (or address) that shows the runs of store `uri`."""
     return f"open {uri}" if _is_server(uri) else f"mlflow ui --backend-store-uri {uri}"
@@ -83,9 +116,7 @@ def serve(run_dir: str, timeout_s: float = 120.0) -> Iterator[str]:
         raise ValueError(f"mlflow_server=true, but MLFLOW_TRACKING_URI already names a server ({backend}); "
                          "drop one of them")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = open(Path(run_dir) / "mlflow-server.log", "ab")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",

@@ -8,6 +8,7 @@ and `test_ood/<metric>`; `wall_time_s` (everything) and `train_time_s` (the meth
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import re
@@ -16,23 +17,24 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import mlflow
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from bench import tracking
 from bench.config import RunConfig, flatten
 from bench.interrupt import Interrupted, StopRequest, StoppingCheckpointer
+from bench.parallel import train_in_processes
 from methods import method_module
 from methods.base import TrainContext
 from methods.checkpoint import Checkpointer
 from methods.engine.engine import Engine
 from methods.engine.evaluate import evaluate_splits
 from methods.engine.models import ModelError, load_policy
+from methods.parallel import DataParallel
 from tasks import task_class
 from tasks.base import Example
 
@@ -45,11 +47,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _log_table(rows: list[dict[str, Any]], name: str) -> None:
-    if rows:
-        mlflow.log_table(pd.DataFrame(rows), artifact_file=f"samples/{name}.json")
 
 
 def _weighted_means(results: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
@@ -98,9 +95,15 @@ def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | Non
         mlflow.set_tags({"resumed": "true", "hostname": socket.gethostname()})
     if on_run_started is not None:
         on_run_started(mlflow.active_run().info.run_id)
-    checkpoints = None if checkpoint_dir is None else StoppingCheckpointer(checkpoint_dir, cfg.train.checkpoint_every)
+    run_id = mlflow.active_run().info.run_id
     try:
-        metrics = _train_and_evaluate(cfg, name, evaluate_test, leave_bar=stage == "single", checkpoints=checkpoints)
+        if cfg.trainer.num_processes > 1 and getattr(method_module(cfg.method), "TRAINS", True):
+            metrics = train_in_processes(cfg, run_id=run_id, name=name, evaluate_test=evaluate_test,
+                                         leave_bar=stage == "single", checkpoint_dir=checkpoint_dir)
+        else:
+            checkpoints = None if checkpoint_dir is None else StoppingCheckpointer(checkpoint_dir, cfg.train.checkpoint_every)
+            metrics = train_and_evaluate(cfg, name, evaluate_test=evaluate_test, leave_bar=stage == "single",
+                                         checkpoints=checkpoints, log=tracking.RunLog(run_id))
         metrics["wall_time_s"] = time.monotonic() - started
         mlflow.log_metric("wall_time_s", metrics["wall_time_s"], step=cfg.train.steps)
     except (KeyboardInterrupt, Interrupted) as stop:
@@ -116,15 +119,24 @@ def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | Non
     return metrics
 
 
-def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_bar: bool,
-                        checkpoints: Checkpointer | None) -> dict[str, float]:
+def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_bar: bool,
+                       checkpoints: Checkpointer | None, log: tracking.RunLog,
+                       parallel: DataParallel | None = None) -> dict[str, float]:
+    """Train and evaluate in this process, recording into `log`'s run. With several processes
+    (`parallel`, bench/parallel.py) each trains on its share of every step; process 0 records and
+    evaluates, and returns the metrics (the others return {})."""
+    parallel = parallel or DataParallel()
     threads = cfg.threads or (max(1, (os.cpu_count() or 1) // cfg.max_parallel) if cfg.sweep else 0)
+    if parallel.world > 1:  # the processes of a run share its cores
+        threads = max(1, (threads or os.cpu_count() or 1) // parallel.world)
     if threads:
         torch.set_num_threads(threads)
     seed_everything(cfg.seed)
     task = task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
-    policy = load_policy(cfg.model, cfg.seed)
-    mlflow.set_tags({f"provenance.{key}": value for key, value in policy.provenance.items()})
+    policy = load_policy(cfg.model, cfg.seed)  # the same seed everywhere: every process starts from one adapter
+    if parallel.is_main:
+        log.tags({f"provenance.{key}": value for key, value in policy.provenance.items()}
+                 | ({"provenance.processes": str(parallel.world)} if parallel.world > 1 else {}))
     engine = Engine(policy, task, cfg.train.batch_size)
     valid = task.validation_examples()[: cfg.train.eval_prompts]
 
@@ -136,25 +148,38 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
                                   temperature=cfg.train.eval_temperature, seed=cfg.seed,
                                   select=getattr(method, "select", None))
         for prefix, result in results.items():
-            mlflow.log_metrics({f"{prefix}/{key}": value for key, value in result.metrics.items()}, step=step)
-            _log_table(result.rows[: cfg.train.log_samples], f"{prefix}_step{step}")
+            log.metrics({f"{prefix}/{key}": value for key, value in result.metrics.items()}, step)
+            log.table(result.rows[: cfg.train.log_samples], f"{prefix}_step{step}")
         return {prefix: result.metrics for prefix, result in results.items()}
 
-    bar = tqdm(total=cfg.train.steps, desc=name, unit="step", leave=leave_bar)
+    bar = tqdm(total=cfg.train.steps, desc=name, unit="step", leave=leave_bar, disable=not parallel.is_main)
 
     def log_metrics(metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics({f"train/{key}": float(value) for key, value in metrics.items()}, step=step)
+        metrics = parallel.mean(metrics)  # every process calls this each step: the run logs the mean
+        if not parallel.is_main:
+            return
+        log.metrics({f"train/{key}": float(value) for key, value in metrics.items()}, step)
         bar.update(step + 1 - bar.n)  # steps count from 0: after step s, s + 1 are done
         shown = {label: f"{metrics[key]:.3g}" for label, key in _POSTFIX.items() if key in metrics}
         bar.set_postfix(step=step, **shown)
 
+    def evaluate(step: int) -> dict[str, float]:
+        # Process 0 evaluates its copy (all copies are equal); the others wait for it.
+        metrics = _prefixed(run_eval({"valid": valid}, step)) if parallel.is_main else {}
+        parallel.barrier()
+        return metrics
+
+    share = cfg.train
+    if parallel.world > 1:
+        share = dataclasses.replace(cfg.train, batch_prompts=cfg.train.batch_prompts // parallel.world)
     ctx = TrainContext(
-        policy=policy, task=task, engine=engine, train=cfg.train, seed=cfg.seed,
+        policy=policy, task=task, engine=engine, train=share, seed=parallel.seed(cfg.seed),
         log_metrics=log_metrics,
-        evaluate=lambda step: _prefixed(run_eval({"valid": valid}, step)),
-        log_samples=lambda rows, step: _log_table(rows, f"train_step{step}"),
+        evaluate=evaluate,
+        log_samples=lambda rows, step: log.table(rows, f"train_step{step}") if parallel.is_main else None,
         checkpoints=checkpoints,
         adapter_folder=adapter_folder,
+        parallel=parallel,
     )
     train_started = time.monotonic()
     try:
@@ -162,13 +187,15 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
     finally:
         bar.close()
     StopRequest.check()  # a request during the last step: its checkpoint is written, stop before evaluating
+    if not parallel.is_main:
+        return {}
     metrics = {"train_time_s": time.monotonic() - train_started}
-    mlflow.log_metric("train_time_s", metrics["train_time_s"], step=cfg.train.steps)
+    log.metrics({"train_time_s": metrics["train_time_s"]}, cfg.train.steps)
     if not policy.adapter_is_identity():
         # The trained policy, for `method=best_of_n method.policy=<this run's id>` and for users.
         with tempfile.TemporaryDirectory() as folder:
             policy.save_adapter(folder)
-            mlflow.log_artifacts(folder, ADAPTER_ARTIFACT)
+            log.artifacts(folder, ADAPTER_ARTIFACT)
     # Validation and test splits share one sampling pass.
     splits = {"valid": valid}
     tests = task.eval_splits() if evaluate_test else []
@@ -179,7 +206,7 @@ def _train_and_evaluate(cfg: RunConfig, name: str, evaluate_test: bool, leave_ba
         chosen = [(len(splits[s.name]), results[s.name]) for s in tests if s.in_distribution == in_distribution]
         if chosen:
             aggregate = {f"{kind}/{key}": value for key, value in _weighted_means(chosen).items()}
-            mlflow.log_metrics(aggregate, step=cfg.train.steps)
+            log.metrics(aggregate, cfg.train.steps)
             metrics |= aggregate
     return metrics
 

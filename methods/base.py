@@ -14,6 +14,7 @@ import torch
 from methods.checkpoint import Checkpointer
 from methods.engine.engine import Engine
 from methods.engine.models import Policy
+from methods.parallel import DataParallel
 from tasks.base import Example, Task
 
 
@@ -53,6 +54,10 @@ class TrainContext:
     adapter_folder: Callable[[str], str] = lambda ref: ref
     """The local folder of a trained adapter named by `ref`: a folder, or (from the harness) the id
     of a tracked run that saved one."""
+    parallel: DataParallel = field(default_factory=DataParallel)
+    """The processes this run trains with (`trainer.num_processes`). With several, `train` is this
+    process's share (`batch_prompts` divided among them) and `seed` its own; the method calls
+    `parallel.sync` before its first step and `parallel.average_gradients` before clipping."""
 
 
 @dataclass

@@ -21,6 +21,10 @@ from methods.engine.rollout import Trajectories, token_logprobs
 from tasks.base import Example
 
 
+# Nothing is trained, so the harness runs this method in one process whatever trainer.num_processes says.
+TRAINS = False
+
+
 @dataclass
 class Config:
     policy: str | None = field(default=None, metadata={

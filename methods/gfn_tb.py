@@ -114,6 +114,8 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     groups = [{"params": policy.trainable_parameters(), "lr": cfg.lr}]
     if cfg.loss == "tb":
         groups.append({"params": log_z_head.parameters(), "lr": cfg.lr_logz})
+    params = [p for g in groups for p in g["params"]]
+    ctx.parallel.sync(params)
     optimizer = torch.optim.AdamW(groups)
     schedule = warmup_schedule(optimizer, cfg.warmup_steps)
 
@@ -187,7 +189,8 @@ def train(ctx: TrainContext, cfg: Config) -> None:
             stats["loss"] += loss.item() * len(rows) / len(traj)
             for key, value in (("logpf", logpf), ("final_r", final_r), ("log_z", log_z)):
                 stats[key].append(value.detach())
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.max_grad_norm)
+        ctx.parallel.average_gradients(params)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         schedule.step()
         logpf, final_r, log_z = (torch.cat(stats[key]) for key in ("logpf", "final_r", "log_z"))

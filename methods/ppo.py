@@ -25,7 +25,7 @@ class Config(RewardTemperature):
     gamma: float = field(default=1.0, metadata={"help": "discount"})
     lam: float = field(default=0.95, metadata={"help": "GAE λ"})
     ppo_epochs: int = field(default=2, metadata={"help": "optimization passes over each batch of rollouts"})
-    whiten_advantages: bool = field(default=True, metadata={"help": "normalize advantages to zero mean and unit variance per batch"})
+    whiten_advantages: bool = field(default=True, metadata={"help": "normalize advantages to zero mean and unit variance per batch (each process's own share with trainer.num_processes > 1)"})
     warmup_steps: int = field(default=20, metadata={"help": "linear learning-rate warm-up"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
 
@@ -71,6 +71,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     value_head = torch.nn.Linear(policy.hidden_size, 1).to(device)
     torch.nn.init.zeros_(value_head.weight)
     params = policy.trainable_parameters() + list(value_head.parameters())
+    ctx.parallel.sync(params)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     schedule = warmup_schedule(optimizer, cfg.warmup_steps)
     queries = QuerySampler(ctx.task.demonstrations() + ctx.task.train_examples(), ctx.seed)
@@ -132,6 +133,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
                 totals["policy_loss"] += policy_loss.item() * share
                 totals["value_loss"] += value_loss.item() * share
                 totals["clip_frac"] += (((ratio - 1).abs() > cfg.clip_range) & m).float().sum().item() / mask.sum().item()
+            ctx.parallel.average_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
         schedule.step()

@@ -57,6 +57,10 @@ class FewShotTask:
         return self.context + self.task.policy_prompt(ex)
 
 
+# Nothing is trained, so the harness runs this method in one process whatever trainer.num_processes says.
+TRAINS = False
+
+
 def few_shot(task: Task, shots: int) -> Task:
     """The task as seen with `shots` worked demonstrations in the policy prompt."""
     if shots < 0:

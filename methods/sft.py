@@ -34,6 +34,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     if not demos:
         raise ValueError(f"sft: task {ctx.task.name!r} has no demonstrations with a rationale to train on")
     params = policy.trainable_parameters()
+    ctx.parallel.sync(params)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     schedule = warmup_schedule(optimizer, cfg.warmup_steps)
     sampler = QuerySampler(demos, ctx.seed)
@@ -54,6 +55,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
             check_finite(loss, step)
             loss.backward()
             total += loss.item()
+        ctx.parallel.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         schedule.step()
