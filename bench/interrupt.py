@@ -13,7 +13,7 @@ import signal
 from types import FrameType
 from typing import Any
 
-from methods.checkpoint import Checkpointer
+from methods.checkpoint import Checkpointer, CheckpointError
 
 # What each signal means for the interrupted work: USR2 (time limit, preemption) -> the job will
 # be requeued and should continue; TERM (scancel, local stop) -> the job ends here.
@@ -79,3 +79,11 @@ class StoppingCheckpointer(Checkpointer):
     def save(self, step: int, state: dict[str, Any]) -> None:
         super().save(step, state)
         StopRequest.check(step)
+
+    def load(self) -> dict[str, Any] | None:
+        saved = super().load()
+        if saved is not None and "processes" in saved["state"]:  # written by bench.parallel.RankCheckpointer
+            n = len(saved["state"]["processes"])
+            raise CheckpointError(f"checkpoint {self.path} was written by {n} processes and this run has 1; set "
+                                  f"trainer.num_processes={n} to continue it, or delete it to train from step 0")
+        return saved

@@ -90,7 +90,7 @@ class RankCheckpointer(StoppingCheckpointer):
         StopRequest.check(step)
 
     def load(self) -> dict[str, Any] | None:
-        saved = super().load()
+        saved = Checkpointer.load(self)
         if saved is None:
             return None
         states = saved["state"].get("processes")

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from bench.config import ConfigError, build_config
+from bench.interrupt import StoppingCheckpointer
 from bench.parallel import RankCheckpointer
 from methods.checkpoint import Checkpointer, CheckpointError
 
@@ -205,6 +206,9 @@ def test_a_checkpoint_of_another_process_count_is_refused(tmp_path):
 
     with pytest.raises(CheckpointError, match="written by 1 process.*trainer.num_processes=1"):
         RankCheckpointer(tmp_path, 1, TwoProcesses()).load()
+    Checkpointer(tmp_path, 1).save(0, {"processes": [{"adapter": {}}, {"adapter": {}}]})  # by two processes
+    with pytest.raises(CheckpointError, match="written by 2 processes.*trainer.num_processes=2"):
+        StoppingCheckpointer(tmp_path, 1).load()
 
 
 @pytest.mark.parametrize("overrides, message", [
