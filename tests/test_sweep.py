@@ -64,6 +64,24 @@ def test_smoke_sweep(tmp_path, launcher):
     assert "| gfn_tb |" in board and "| ppo |" in board and parent in board
 
 
+@pytest.mark.parametrize("task", ["infilling", "subj", "continuation"])
+def test_smoke_sweep_on_each_task(tmp_path, task, shared_data):
+    """The smoke sweep on the other tasks, as a user runs it (`sweep=smoke task=<t> data_dir=...`),
+    with one trial per method: the tuning loop itself is covered on arithmetic above."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "sweep=smoke", f"task={task}", f"data_dir={shared_data}", "trials=1",
+         "run_dir=runs", "results_dir=results"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = runs_of(uri, "smoke", "tags.stage != 'sweep'")
+    assert sorted(runs["tags.stage"]) == ["final"] * 2 + ["trial"] * 2 and set(runs["status"]) == {"FINISHED"}
+    assert set(runs["tags.task"]) == {task}
+    finals = runs[runs["tags.stage"] == "final"]
+    assert finals["metrics.test_id/loglik_mean"].notna().all()  # the metric every task declares
+    assert "| gfn_tb |" in (tmp_path / "results" / "smoke" / "leaderboard.md").read_text()
+
+
 # --- a method that fails on demand, for the in-process tests ------------------------------------
 
 
