@@ -42,11 +42,18 @@ def slurm_up() -> str | None:
 needs_slurm = pytest.mark.skipif(slurm_up() is not None, reason=str(slurm_up()))
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A shell starts background commands (`make test &`, CI scripts) with SIGINT ignored, and that
+    # is inherited: the driver would ignore the test's Ctrl-C. Give it the terminal's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_sweep(tmp_path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
     log = open(tmp_path / "driver.log", "w")
     return subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=tmp_path, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
 
 
 def finish(proc: subprocess.Popen, tmp_path: Path, timeout: float) -> str:
@@ -189,6 +196,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_its_trial_continues(tmp_path):
     # The finals would show the same again: stop the sweep as a user would, with Ctrl-C.
     os.kill(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
+    assert proc.returncode != 0, "the sweep ran to its end: it did not get the Ctrl-C"
 
     trials = assert_nothing_lost(tmp_path, 1)
     assert len(trials) >= 2, "the trial was never interrupted: make it longer"
