@@ -113,7 +113,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     torch.nn.init.constant_(log_z_head.bias, cfg.logz_init)
     groups = [{"params": policy.trainable_parameters(), "lr": cfg.lr}]
     if cfg.loss == "tb":
-        groups.append({"params": log_z_head.parameters(), "lr": cfg.lr_logz})
+        groups.append({"params": list(log_z_head.parameters()), "lr": cfg.lr_logz})
     params = [p for g in groups for p in g["params"]]
     ctx.parallel.sync(params)
     optimizer = torch.optim.AdamW(groups)

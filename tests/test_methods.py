@@ -38,6 +38,12 @@ def test_method_updates_lora_and_stays_finite(tiny_policy, method, overrides):
     assert not tiny_policy.model.training, "rollouts and scoring must run without dropout"
 
 
+def test_tb_learns_its_log_z_head(tiny_policy):
+    """log Z(x) starts at logz_init (a zero weight) and moves with its own learning rate."""
+    logged = run(tiny_policy, "gfn_tb", loss="tb", logz_init=0.0)
+    assert logged[0][1]["log_z"] == 0.0 and logged[1][1]["log_z"] != 0.0
+
+
 def test_gfn_trains_on_replayed_trajectories(tiny_policy):
     """With replay forced, every query that has buffer items is trained on replayed rows."""
     logged = run(tiny_policy, "gfn_tb", loss="subtb", p_replay=1.0)
