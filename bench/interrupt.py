@@ -80,10 +80,20 @@ class StoppingCheckpointer(Checkpointer):
         super().save(step, state)
         StopRequest.check(step)
 
+    # This process's place among those that train the run; bench.parallel.RankCheckpointer sets
+    # them, and writes one file with every process's state under "processes".
+    rank, world = 0, 1
+
     def load(self) -> dict[str, Any] | None:
+        """The latest checkpoint of this process, or None; CheckpointError when another number of
+        processes wrote it."""
         saved = super().load()
-        if saved is not None and "processes" in saved["state"]:  # written by bench.parallel.RankCheckpointer
-            n = len(saved["state"]["processes"])
-            raise CheckpointError(f"checkpoint {self.path} was written by {n} processes and this run has 1; set "
-                                  f"trainer.num_processes={n} to continue it, or delete it to train from step 0")
-        return saved
+        if saved is None:
+            return None
+        states = saved["state"].get("processes")
+        count = 1 if states is None else len(states)
+        if count != self.world:
+            raise CheckpointError(f"checkpoint {self.path} was written by {count} process{'es' if count > 1 else ''} "
+                                  f"and this run has {self.world}; set trainer.num_processes={count} to continue it, "
+                                  "or delete it to train from step 0")
+        return saved if states is None else {"step": saved["step"], "state": states[self.rank]}

@@ -38,7 +38,7 @@ import torch
 
 from bench import tracking
 from bench.interrupt import REQUEUE, TERMINATE, Interrupted, StopRequest, StoppingCheckpointer
-from methods.checkpoint import Checkpointer, CheckpointError
+from methods.checkpoint import Checkpointer
 from methods.engine.models import ModelError
 from methods.parallel import DataParallel
 
@@ -71,7 +71,7 @@ class RankCheckpointer(StoppingCheckpointer):
 
     def __init__(self, folder: Path, every: int, parallel: DataParallel):
         super().__init__(folder, every)
-        self.parallel = parallel
+        self.parallel, self.rank, self.world = parallel, parallel.rank, parallel.world
 
     def due(self, step: int, steps: int) -> bool:
         # Called by every process at every step boundary: a request any of them got is everyone's.
@@ -88,18 +88,6 @@ class RankCheckpointer(StoppingCheckpointer):
             Checkpointer.save(self, step, {"processes": states})
         self.parallel.barrier()  # the file is whole before any process stops or goes on
         StopRequest.check(step)
-
-    def load(self) -> dict[str, Any] | None:
-        saved = Checkpointer.load(self)
-        if saved is None:
-            return None
-        states = saved["state"].get("processes")
-        count = 1 if states is None else len(states)
-        if count != self.parallel.world:
-            raise CheckpointError(f"checkpoint {self.path} was written by {count} process(es) and this run has "
-                                  f"{self.parallel.world}; set trainer.num_processes={count} to continue it, or "
-                                  "delete it to train from step 0")
-        return {"step": saved["step"], "state": states[self.parallel.rank]}
 
 
 def train_in_processes(cfg: Any, *, run_id: str, name: str, evaluate_test: bool, leave_bar: bool,

@@ -93,9 +93,9 @@ def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | Non
     else:
         mlflow.start_run(run_id=run_id, log_system_metrics=cfg.system_metrics)  # status back to RUNNING
         mlflow.set_tags({"resumed": "true", "hostname": socket.gethostname()})
-    if on_run_started is not None:
-        on_run_started(mlflow.active_run().info.run_id)
     run_id = mlflow.active_run().info.run_id
+    if on_run_started is not None:
+        on_run_started(run_id)
     try:
         if cfg.trainer.num_processes > 1 and getattr(method_module(cfg.method), "TRAINS", True):
             metrics = train_in_processes(cfg, run_id=run_id, name=name, evaluate_test=evaluate_test,

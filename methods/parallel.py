@@ -76,8 +76,7 @@ class DataParallel:
         from accelerate.utils import reduce
 
         keys = sorted(values)
-        device = self.state.device if self.state.device.type != "cpu" else "cpu"
-        means = reduce(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device))
+        means = reduce(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.state.device))
         return dict(zip(keys, means.tolist()))
 
     def gather(self, obj: Any) -> list[Any]:
