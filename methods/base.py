@@ -62,21 +62,41 @@ class TrainContext:
 
 @dataclass
 class RewardTemperature:
-    """The paper's reward-temperature schedule: log R / T, T linear from start to end over
-    `horizon` optimizer steps, then fixed (arithmetic defaults: 1.1 -> 0.5 over 150 steps)."""
+    """The paper's reward-temperature schedule: log R / T, T linear from start to end over the
+    first `reward_temp_horizon_frac` of the run, then fixed. Given as a fraction of `train.steps`
+    so that any budget runs the whole schedule (arithmetic: 1.1 -> 0.5 over 150 of 2,000 steps)."""
 
     reward_temp_start: float = field(default=1.1, metadata={"help": "reward temperature at step 0"})
     reward_temp_end: float = field(default=0.5, metadata={"help": "reward temperature after the horizon"})
-    reward_temp_horizon: int = field(default=150, metadata={"help": "steps over which the reward temperature moves from start to end"})
+    reward_temp_horizon_frac: float = field(default=0.075, metadata={
+        "help": "fraction of train.steps over which the reward temperature moves from start to end, "
+                "in [0, 1] (paper arithmetic: 150 of 2,000 steps = 0.075; 0: the end value throughout)"})
 
-    def reward_temperature(self, step: int) -> float:
-        frac = min(step / self.reward_temp_horizon, 1.0) if self.reward_temp_horizon > 0 else 1.0
+    def reward_temperature(self, step: int, total_steps: int) -> float:
+        """T at `step` of a run of `total_steps`: with a horizon of 1 the last step is at the end value."""
+        if not 0.0 <= self.reward_temp_horizon_frac <= 1.0:
+            raise ValueError(f"method.reward_temp_horizon_frac={self.reward_temp_horizon_frac} must lie in [0, 1]")
+        horizon = self.reward_temp_horizon_frac * max(total_steps - 1, 0)
+        frac = min(step / horizon, 1.0) if horizon > 0 else 1.0
         return self.reward_temp_start + frac * (self.reward_temp_end - self.reward_temp_start)
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr * min(step / warmup, 1), as in the paper (the first step already uses lr / warmup)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(warmup_steps, 1), 1.0))
+WARMUP_HELP = ("fraction of train.steps over which the learning rate rises linearly to its value, in [0, 1] "
+               "(paper: 20 of 2,000 steps = 0.01; at least one step)")
+
+
+def warmup_steps(warmup_frac: float, total_steps: int) -> int:
+    """Steps of the linear warm-up: the fraction of the run, at least 1 and at most the run."""
+    if not 0.0 <= warmup_frac <= 1.0:
+        raise ValueError(f"method.warmup_frac={warmup_frac} must lie in [0, 1]")
+    return min(max(1, round(warmup_frac * total_steps)), max(total_steps, 1))
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_frac: float, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr * min((step + 1) / warmup, 1), as in the paper (whose step counter starts at 1), with
+    the warm-up a fraction of the run: its last warm-up step already trains at the full rate."""
+    n = warmup_steps(warmup_frac, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / n, 1.0))
 
 
 def check_finite(loss: torch.Tensor, step: int) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from methods.base import QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
+from methods.base import WARMUP_HELP, QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
 from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 from methods.engine.replay import ReplayBuffer
 from methods.engine.rollout import Trajectories
@@ -33,7 +33,7 @@ class Config(RewardTemperature):
     lr_logz: float = field(default=1e-2, metadata={"help": "learning rate of the log Z(x) head (tb only)"})
     logz_init: float = field(default=0.0, metadata={"help": "initial log Z(x) (tb only)"})
     subtb_lambda: float = field(default=1.0, metadata={"help": "weight λ^(j-i-1) of a sub-trajectory of length j-i (paper: 1)"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear learning-rate warm-up (paper: 20)"})
+    warmup_frac: float = field(default=0.01, metadata={"help": WARMUP_HELP})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     p_replay: float = field(default=0.25, metadata={"help": "probability that a query's samples come from the replay buffer"})
     p_tempered: float = field(default=0.5, metadata={"help": "probability of tempered sampling (else on-policy at T=1)"})
@@ -117,7 +117,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     params = [p for g in groups for p in g["params"]]
     ctx.parallel.sync(params)
     optimizer = torch.optim.AdamW(groups)
-    schedule = warmup_schedule(optimizer, cfg.warmup_steps)
+    schedule = warmup_schedule(optimizer, cfg.warmup_frac, budget.steps)
 
     pool = ctx.task.demonstrations() + ctx.task.train_examples()
     queries = QuerySampler(pool, ctx.seed)
@@ -129,7 +129,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
 
     k = budget.samples_per_prompt
     for step in range(start, budget.steps):
-        temp_r = cfg.reward_temperature(step)
+        temp_r = cfg.reward_temperature(step, budget.steps)
         batch = queries.draw(budget.batch_prompts)
         demos = unseeded.take(batch)
         if demos:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from methods.base import QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
+from methods.base import WARMUP_HELP, QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
 from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 from methods.engine.rollout import Scores, Trajectories
 
@@ -26,7 +26,7 @@ class Config(RewardTemperature):
     lam: float = field(default=0.95, metadata={"help": "GAE λ"})
     ppo_epochs: int = field(default=2, metadata={"help": "optimization passes over each batch of rollouts"})
     whiten_advantages: bool = field(default=True, metadata={"help": "normalize advantages to zero mean and unit variance per batch (each process's own share with trainer.num_processes > 1)"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear learning-rate warm-up"})
+    warmup_frac: float = field(default=0.01, metadata={"help": WARMUP_HELP})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
 
 
@@ -73,7 +73,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     params = policy.trainable_parameters() + list(value_head.parameters())
     ctx.parallel.sync(params)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    schedule = warmup_schedule(optimizer, cfg.warmup_steps)
+    schedule = warmup_schedule(optimizer, cfg.warmup_frac, budget.steps)
     queries = QuerySampler(ctx.task.demonstrations() + ctx.task.train_examples(), ctx.seed)
     k = budget.samples_per_prompt
     resumable = {"optimizer": optimizer, "schedule": schedule, "value_head": value_head,
@@ -81,7 +81,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     start = resume_from_checkpoint(ctx, resumable)
 
     for step in range(start, budget.steps):
-        temp_r = cfg.reward_temperature(step)
+        temp_r = cfg.reward_temperature(step, budget.steps)
         examples = [ex for ex in queries.draw(budget.batch_prompts) for _ in range(k)]
         traj = engine.sample(examples, [1.0] * len(examples), generator)
         log_r = engine.log_reward(traj, examples, per_prefix=False).to(device) / temp_r

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from methods.base import QuerySampler, TrainContext, check_finite, micro_batches, warmup_schedule
+from methods.base import WARMUP_HELP, QuerySampler, TrainContext, check_finite, micro_batches, warmup_schedule
 from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 
 
 @dataclass
 class Config:
     lr: float = field(default=1e-4, metadata={"help": "learning rate of the LoRA parameters"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear learning-rate warm-up"})
+    warmup_frac: float = field(default=0.01, metadata={"help": WARMUP_HELP})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
 
 
@@ -36,7 +36,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     params = policy.trainable_parameters()
     ctx.parallel.sync(params)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    schedule = warmup_schedule(optimizer, cfg.warmup_steps)
+    schedule = warmup_schedule(optimizer, cfg.warmup_frac, budget.steps)
     sampler = QuerySampler(demos, ctx.seed)
     # As many sequences per step as the sampling methods train on, so budgets compare.
     per_step = budget.batch_prompts * budget.samples_per_prompt

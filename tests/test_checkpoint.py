@@ -44,7 +44,7 @@ def run(method, overrides, checkpoints=None, seed=0, crash_at=None, budget=BUDGE
                        log_metrics=log_metrics, evaluate=lambda step: {}, checkpoints=checkpoints)
     module = method_module(method)
     cfg = module.Config(**overrides)
-    cfg.warmup_steps = 3  # the learning rate still moves across the checkpoint: the schedule must resume
+    cfg.warmup_frac = 0.5  # the learning rate still moves across the checkpoint: the schedule must resume
     try:
         module.train(ctx, cfg)
     except Crash:

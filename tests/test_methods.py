@@ -19,7 +19,7 @@ def run(policy, method: str, budget: TrainConfig = BUDGET, **overrides):
                        log_metrics=lambda m, step: logged.append((step, m)), evaluate=lambda step: {})
     module = method_module(method)
     cfg = module.Config(**overrides)
-    cfg.warmup_steps = 1  # full learning rate from the first step, so that two steps move the weights
+    cfg.warmup_frac = 0.0  # full learning rate from the first step, so that two steps move the weights
     module.train(ctx, cfg)
     return logged
 
