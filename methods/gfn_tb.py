@@ -5,7 +5,9 @@ Three objectives over the same trajectories (log P_B = 0: left-to-right generati
   head on the prompt's last hidden state (each query has its own partition function).
 - `vargrad`: log Z(x) estimated by the batch mean of log R/T - log P_F over samples of one query.
 - `subtb`: the paper's modified sub-trajectory balance, with the flow of a state
-  log F(s) = log R(s)/T - log q(⊤ | s) and pairs weighted by λ^(j-i-1).
+  log F(s) = log R(s)/T - log q(⊤ | s) where ⊤ is allowed, a learned log F(s) where it is not
+  (s_0 and states before the minimum length: the reference left their actions without gradient),
+  and pairs weighted by λ^(j-i-1).
 
 Behaviour policy per query and step, as in the paper: replayed top-reward samples (if the query
 has any), tempered sampling with T ~ U[pf_temp_low, pf_temp_high], or on-policy sampling.
@@ -30,8 +32,11 @@ LOSSES = ("tb", "subtb", "vargrad")
 class Config(RewardTemperature):
     loss: str = field(default="subtb", metadata={"help": f"objective: {' | '.join(LOSSES)}"})
     lr: float = field(default=1e-4, metadata={"help": "learning rate of the LoRA parameters (paper: 1e-4)"})
-    lr_logz: float = field(default=1e-2, metadata={"help": "learning rate of the log Z(x) head (tb only)"})
-    logz_init: float = field(default=0.0, metadata={"help": "initial log Z(x) (tb only)"})
+    lr_logz: float = field(default=1e-2, metadata={
+        "help": "learning rate of the flow head: log Z(x) for tb, log F(s) at the states where ⊤ is forbidden for subtb"})
+    logz_init: float | None = field(default=None, metadata={
+        "help": "initial log Z(x) of tb and subtb's flow head; unset: the first batch's estimate (the mean of "
+                "log R/T - log P_F), so that a far-off start does not dominate the first steps"})
     subtb_lambda: float = field(default=1.0, metadata={"help": "weight λ^(j-i-1) of a sub-trajectory of length j-i (paper: 1)"})
     warmup_frac: float = field(default=0.01, metadata={"help": WARMUP_HELP})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
@@ -59,24 +64,43 @@ def vargrad_loss(logpf: torch.Tensor, log_r: torch.Tensor, group: torch.Tensor) 
 
 
 def subtb_loss(action_logp: torch.Tensor, term_logp: torch.Tensor, log_r: torch.Tensor,
-               state_mask: torch.Tensor, lam: float) -> torch.Tensor:
-    """Modified sub-trajectory balance over every pair of terminable states i < j.
+               state_mask: torch.Tensor, lam: float, log_flow: torch.Tensor) -> torch.Tensor:
+    """Modified sub-trajectory balance over every pair of states i < j of each trajectory.
 
-    action_logp [B, A]; term_logp, log_r (tempered), state_mask [B, A+1]. A state is usable when
-    it exists and ⊤ is allowed there (min length). Telescoping the per-step residuals gives
-    log F(s_i) + Σ_{i<=k<j} log q(a_k) - log F(s_j) for each pair, normalized by the total weight.
+    action_logp [B, A]; term_logp, log_r (tempered), state_mask, log_flow [B, A+1]. The flow of a
+    state where ⊤ is allowed is the paper's log F(s) = log R(s)/T - log q(⊤ | s). Where ⊤ is
+    forbidden (s_0 and the states before the task's minimum length) no reward defines it, so it is
+    `log_flow`, a learned estimate (at s_0, log Z(x)): with it every action, the first ones
+    included, lies inside some balanced sub-trajectory. Each pair's residual telescopes the
+    per-step ones: log F(s_i) + Σ_{i<=k<j} log q(a_k) - log F(s_j). Each trajectory's squared
+    residuals are averaged with weights λ^(j-i-1), and the loss is the mean over trajectories: every
+    trajectory counts once whatever its length, and micro-batches accumulate to the batch's loss.
     """
-    usable = state_mask & torch.isfinite(term_logp)
-    log_f = torch.where(usable, log_r - term_logp, torch.zeros_like(log_r))
+    terminable = state_mask & torch.isfinite(term_logp)
+    log_f = torch.where(terminable, log_r - term_logp, log_flow)
+    log_f = torch.where(state_mask, log_f, torch.zeros_like(log_f))
     cum = torch.cat([torch.zeros_like(action_logp[:, :1]), action_logp.cumsum(-1)], -1)  # Σ_{k<j} log q(a_k)
     resid = log_f.unsqueeze(2) + cum.unsqueeze(1) - cum.unsqueeze(2) - log_f.unsqueeze(1)  # [B, i, j]
     n = log_f.shape[1]
     idx = torch.arange(n, device=log_f.device)
     span = idx.view(1, -1) - idx.view(-1, 1)  # j - i
     weight = torch.where(span > 0, torch.tensor(lam, dtype=log_f.dtype, device=log_f.device).pow((span - 1).clamp(min=0)), 0.0)
-    pair = usable.unsqueeze(2) & usable.unsqueeze(1) & (span > 0)
+    pair = state_mask.unsqueeze(2) & state_mask.unsqueeze(1) & (span > 0)
     w = weight * pair
-    return (w * resid.pow(2)).sum() / w.sum().clamp(min=1e-12)
+    per_row = (w * resid.pow(2)).sum((1, 2)) / w.sum((1, 2)).clamp(min=1e-12)
+    return per_row.mean()
+
+
+def first_flow_estimate(action_logp: torch.Tensor, term_logp: torch.Tensor, log_r: torch.Tensor,
+                        state_mask: torch.Tensor) -> torch.Tensor:
+    """Batch mean of log F(s_m) - Σ_{k<m} log q(a_k) at each row's first terminable state s_m:
+    the flow at s_0 that those states imply (their mean log Z(x)). It initializes the flow head,
+    whose error would otherwise dominate the first steps' gradients."""
+    terminable = state_mask & torch.isfinite(term_logp)
+    first = terminable.float().argmax(-1, keepdim=True)
+    cum = torch.cat([torch.zeros_like(action_logp[:, :1]), action_logp.cumsum(-1)], -1)
+    estimate = (log_r - term_logp).gather(1, first) - cum.gather(1, first)
+    return estimate[terminable.any(-1)].mean()
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -108,12 +132,15 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     generator = torch.Generator(device=device).manual_seed(ctx.seed)
     per_prefix = cfg.loss == "subtb"
 
-    log_z_head = torch.nn.Linear(policy.hidden_size, 1).to(device)
-    torch.nn.init.zeros_(log_z_head.weight)
-    torch.nn.init.constant_(log_z_head.bias, cfg.logz_init)
+    # log F(s) from the policy's last hidden state at s (detached: the head learns the flow, the
+    # LoRA learns the policy); at s_0 it is log Z(x). tb reads it at s_0, subtb wherever ⊤ is forbidden.
+    flow_head = torch.nn.Linear(policy.hidden_size, 1).to(device)
+    torch.nn.init.zeros_(flow_head.weight)
+    torch.nn.init.constant_(flow_head.bias, 0.0 if cfg.logz_init is None else cfg.logz_init)
+    learned_flow = cfg.loss in ("tb", "subtb")
     groups = [{"params": policy.trainable_parameters(), "lr": cfg.lr}]
-    if cfg.loss == "tb":
-        groups.append({"params": list(log_z_head.parameters()), "lr": cfg.lr_logz})
+    if learned_flow:
+        groups.append({"params": list(flow_head.parameters()), "lr": cfg.lr_logz})
     params = [p for g in groups for p in g["params"]]
     ctx.parallel.sync(params)
     optimizer = torch.optim.AdamW(groups)
@@ -123,7 +150,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     queries = QuerySampler(pool, ctx.seed)
     buffer = ReplayBuffer(cfg.buffer_size)
     unseeded = UnseededDemos([ex for ex in ctx.task.demonstrations() if ex.rationale] if cfg.seed_buffer else [])
-    resumable = {"optimizer": optimizer, "schedule": schedule, "log_z_head": log_z_head, "buffer": buffer,
+    resumable = {"optimizer": optimizer, "schedule": schedule, "flow_head": flow_head, "buffer": buffer,
                  "unseeded": unseeded, "queries": queries.rng, "rng": rng, "generator": generator}
     start = resume_from_checkpoint(ctx, resumable)
 
@@ -171,19 +198,22 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         stats = {"loss": 0.0, "logpf": [], "final_r": [], "log_z": []}
         for rows in micro_batches(len(traj), k, budget.batch_size):
             sel = torch.tensor(rows, device=device)
-            scores = engine.score(traj.select(rows), hidden=cfg.loss == "tb")
+            scores = engine.score(traj.select(rows), hidden=learned_flow)
             logpf, mb_r = scores.logpf, log_r[sel]
             final_r = mb_r.gather(1, scores.state_mask.sum(-1, keepdim=True) - 1).squeeze(1) if per_prefix else mb_r
+            if learned_flow and step == 0 and cfg.logz_init is None and rows[0] == 0:
+                _init_flow(flow_head, scores, mb_r, final_r, per_prefix, ctx)
             if cfg.loss == "tb":
-                log_z = log_z_head(scores.prompt_hidden.detach().float()).squeeze(-1)
+                log_z = flow_head(scores.prompt_hidden.detach().float()).squeeze(-1)
                 loss = tb_loss(log_z, logpf, final_r)
             elif cfg.loss == "vargrad":
                 loss = vargrad_loss(logpf, final_r, group[sel])
                 log_z = final_r - logpf  # the per-sample estimate whose variance VarGrad minimizes
             else:
+                log_flow = flow_head(scores.state_hidden.detach().float()).squeeze(-1)
                 loss = subtb_loss(scores.action_logp, scores.term_logp, mb_r[:, :scores.state_mask.shape[1]],
-                                  scores.state_mask, cfg.subtb_lambda)
-                log_z = final_r - logpf  # the TB estimate of log Z, logged for comparison
+                                  scores.state_mask, cfg.subtb_lambda, log_flow)
+                log_z = log_flow[:, 0]  # the learned flow at s_0
             check_finite(loss, step)
             (loss * len(rows) / len(traj)).backward()
             stats["loss"] += loss.item() * len(rows) / len(traj)
@@ -214,6 +244,18 @@ def train(ctx: TrainContext, cfg: Config) -> None:
                              for i in range(min(len(traj), budget.log_samples))], budget.steps)
         # Last in the step, after its metrics and evaluation: a resumed run repeats and skips none.
         checkpoint_if_due(ctx, step, resumable)
+
+
+@torch.no_grad()
+def _init_flow(flow_head: torch.nn.Linear, scores, log_r: torch.Tensor, final_r: torch.Tensor, per_prefix: bool,
+               ctx: TrainContext) -> None:
+    """Set the flow head's bias to the first micro-batch's estimate of log Z(x), agreed by all processes."""
+    if per_prefix:
+        estimate = first_flow_estimate(scores.action_logp, scores.term_logp, log_r[:, :scores.state_mask.shape[1]],
+                                       scores.state_mask)
+    else:
+        estimate = (final_r - scores.logpf).mean()
+    flow_head.bias.fill_(ctx.parallel.mean({"log_z": float(estimate)})["log_z"])
 
 
 def _stored_rewards(items, per_prefix: bool) -> torch.Tensor:

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from methods import METHODS, method_module
+from methods import METHODS, gfn_tb, method_module
 from methods.base import TrainConfig, TrainContext
 from methods.engine.engine import Engine
 from tasks.arithmetic import ArithmeticTask, Config
@@ -61,3 +61,124 @@ def test_gradient_accumulation_over_micro_batches(tiny_policy, method, overrides
     budget = TrainConfig(steps=1, batch_prompts=3, samples_per_prompt=2, eval_every=0, batch_size=2)
     logged = run(tiny_policy, method, budget, **overrides)
     assert math.isfinite(logged[0][1]["loss"])
+
+
+def _sampled_scores(policy, task, n_rows=6):
+    engine = Engine(policy, task, 8)
+    examples = task.train_examples()[:n_rows]
+    traj = engine.sample(examples, [1.0] * n_rows, torch.Generator().manual_seed(0))
+    log_r = engine.log_reward(traj, examples, per_prefix=True)
+    return traj, engine.score(traj, hidden=True), log_r
+
+
+@pytest.mark.parametrize("loss", gfn_tb.LOSSES)
+def test_every_action_of_a_sampled_batch_gets_gradient(tiny_policy, loss):
+    """The first `min_actions` actions included (the reference's SubTB left them without any)."""
+    task = ArithmeticTask(Config(n_demos=4, n_train=8, n_valid=4, n_test=4, min_actions=5, max_actions=12), None)
+    traj, scores, log_r = _sampled_scores(tiny_policy, task)
+    action_logp = scores.action_logp
+    action_logp.retain_grad()
+    n = scores.state_mask.sum(-1) - 1
+    final_r = log_r.gather(1, n.unsqueeze(1)).squeeze(1)
+    flow_head = torch.nn.Linear(tiny_policy.hidden_size, 1)
+    torch.nn.init.normal_(flow_head.weight, std=0.1)
+    if loss == "tb":
+        value = gfn_tb.tb_loss(flow_head(scores.prompt_hidden.float()).squeeze(-1), scores.logpf, final_r)
+    elif loss == "vargrad":
+        value = gfn_tb.vargrad_loss(scores.logpf, final_r, torch.arange(len(traj)) // 3)
+    else:
+        log_flow = flow_head(scores.state_hidden.float()).squeeze(-1)
+        value = gfn_tb.subtb_loss(action_logp, scores.term_logp, log_r, scores.state_mask, 1.0, log_flow)
+    value.backward()
+    actions = torch.arange(action_logp.shape[1]).unsqueeze(0) < n.unsqueeze(1)
+    assert min(traj.n_actions) > task.min_actions
+    # Relative to the batch's typical gradient: a telescoped sum that cancels leaves rounding noise.
+    grad = action_logp.grad[actions].abs()
+    assert (grad > 1e-4 * grad.mean()).all(), action_logp.grad
+
+
+def test_a_forced_stop_costs_no_log_prob(tiny_policy):
+    """A row cut at max_actions never chose ⊤: its log P_F is the sum of its actions alone."""
+    task = ArithmeticTask(Config(n_demos=4, n_train=8, n_valid=4, n_test=4, min_actions=2, max_actions=6), None)
+    traj, scores, _ = _sampled_scores(tiny_policy, task)
+    truncated = [i for i, done in enumerate(traj.terminated) if not done]
+    assert truncated, "the random tiny model should run into max_actions"
+    for i in truncated:
+        assert scores.term_logp[i, traj.n_actions[i]].item() == 0.0
+        assert scores.logpf[i].item() == pytest.approx(scores.action_logp[i].sum().item())
+    for i in set(range(len(traj))) - set(truncated):  # a chosen ⊤ is paid for
+        assert scores.term_logp[i, traj.n_actions[i]].item() < 0.0
+
+
+def _step_gradients(monkeypatch, micro_batch: int, method: str, overrides: dict) -> list[torch.Tensor]:
+    """The gradients of one training step, just before clipping."""
+    from methods.engine.models import ModelConfig, load_policy
+
+    policy = load_policy(ModelConfig(preset="tiny"), seed=0)
+    # Only demonstrations as queries, half of them replayed: rows of several lengths in one batch.
+    task = ArithmeticTask(Config(n_demos=4, n_train=0, n_valid=4, n_test=4, max_actions=12), None)
+    budget = TrainConfig(steps=1, batch_prompts=3, samples_per_prompt=2, eval_every=0, batch_size=micro_batch)
+    seen = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def record(params, max_norm):
+        params = list(params)
+        seen.append([p.grad.detach().clone() for p in params if p.grad is not None])
+        return real_clip(params, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", record)
+    # The engine samples in chunks of its own size, the same in both runs: only scoring is split.
+    engine = Engine(policy, task, 8)
+    ctx_lengths, real_score = [], engine.score
+
+    def score(traj, **kw):
+        ctx_lengths.extend(traj.n_actions)
+        return real_score(traj, **kw)
+
+    monkeypatch.setattr(engine, "score", score)
+    ctx = TrainContext(policy, task, engine, budget, seed=0,
+                       log_metrics=lambda m, step: None, evaluate=lambda step: {})
+    module = method_module(method)
+    module.train(ctx, module.Config(p_replay=0.5, **overrides))
+    assert len(set(ctx_lengths)) > 1, "the batch should mix lengths"
+    return seen[0]
+
+
+@pytest.mark.parametrize("method,overrides", [
+    ("gfn_tb", {"loss": "subtb", "logz_init": -50.0}), ("gfn_tb", {"loss": "tb", "logz_init": -50.0}),
+    ("gfn_tb", {"loss": "vargrad"}),
+])
+def test_micro_batches_give_the_gradient_of_the_whole_batch(monkeypatch, method, overrides):
+    whole = _step_gradients(monkeypatch, 6, method, overrides)
+    split = _step_gradients(monkeypatch, 2, method, overrides)  # three micro-batches of one query each
+    assert len(whole) == len(split) and any(g.abs().sum() > 0 for g in whole)
+    for a, b in zip(whole, split):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_full_replay_trains_on_exactly_the_buffer_items(tiny_policy, monkeypatch):
+    """p_replay=1 and every query seeded with its demonstration: no sampling, and every trained
+    row is the buffer's item for its query."""
+    task = ArithmeticTask(Config(n_demos=4, n_train=0, n_valid=4, n_test=4), None)
+    engine = Engine(tiny_policy, task, 8)
+    demos = {ex.query: engine.demonstrations([ex]).tokens[0] for ex in task.demonstrations()}
+    scored = []
+    real_score = engine.score
+
+    def record(traj, **kw):
+        scored.extend(zip(traj.prompt_ids, traj.tokens))
+        return real_score(traj, **kw)
+
+    def no_sampling(*args, **kw):
+        raise AssertionError("p_replay=1 with every query in the buffer must not sample")
+
+    monkeypatch.setattr(engine, "score", record)
+    monkeypatch.setattr(engine, "sample", no_sampling)
+    budget = TrainConfig(steps=3, batch_prompts=2, samples_per_prompt=2, eval_every=0, batch_size=8)
+    ctx = TrainContext(tiny_policy, task, engine, budget, seed=0,
+                       log_metrics=lambda m, step: None, evaluate=lambda step: {})
+    gfn_tb.train(ctx, gfn_tb.Config(loss="subtb", p_replay=1.0, warmup_frac=0.0))
+    assert len(scored) == 3 * 2 * 2
+    by_prompt = {tuple(engine.prompt_ids(ex)): demos[ex.query] for ex in task.demonstrations()}
+    for prompt, tokens in scored:
+        assert tokens == by_prompt[tuple(prompt)]

@@ -217,7 +217,8 @@ class Scores:
     """Teacher-forced log-probs of a batch of trajectories under a model and the task's rules."""
 
     action_logp: torch.Tensor  # [B, A]: log q(a_{k+1} | s_k), 0 past each row's last action
-    term_logp: torch.Tensor  # [B, A+1]: log q(⊤ | s_k), -inf where ⊤ is forbidden, 0 past s_n
+    term_logp: torch.Tensor  # [B, A+1]: log q(⊤ | s_k), -inf where ⊤ is forbidden, 0 past s_n and at the
+    # last state of a row cut at max_actions (a forced stop is no choice of the policy)
     state_mask: torch.Tensor  # [B, A+1] bool: s_k exists (k <= n)
     prompt_hidden: torch.Tensor | None  # [B, H]: last hidden state of the prompt (for log Z(x))
     state_hidden: torch.Tensor | None  # [B, A+1, H]: last hidden state of each state (for values)
@@ -271,6 +272,9 @@ def score(model, pad_id: int, rules: TokenRules, traj: Trajectories, *, hidden: 
     action_logp = logp[:, :-1].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     action_logp = action_logp.masked_fill(~state_mask[:, 1:], 0.0)
     term_logp = rules.termination_logprob(logp).masked_fill(~state_mask, 0.0)
+    # A row cut at max_actions never chose ⊤: the sampler forced the stop, which costs log-prob 0.
+    truncated = torch.tensor([not t for t in traj.terminated], dtype=torch.bool, device=device)
+    term_logp = term_logp.masked_fill(last_state_mask(state_mask) & truncated.unsqueeze(1), 0.0)
     prompt_hidden = state_hidden = None
     if hidden:
         h = out.hidden_states[-1]
