@@ -19,7 +19,7 @@ import torch
 
 from methods.base import WARMUP_HELP, QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
 from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
-from methods.engine.replay import ReplayBuffer
+from methods.engine.replay import ReplayBuffer, stored_log_rewards
 from methods.engine.rollout import Trajectories
 from tasks.base import Example
 
@@ -134,7 +134,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         demos = unseeded.take(batch)
         if demos:
             traj = engine.demonstrations(demos)
-            rewards = engine.log_reward(traj, demos, per_prefix=per_prefix)
+            rewards = engine.log_reward_parts(traj, demos, per_prefix=per_prefix)
             for row, ex in enumerate(demos):
                 buffer.add(ex.query, traj.select([row]), rewards[row:row + 1])
         # Behaviour policy per query: replay, tempered or on-policy; rows of one query stay together.
@@ -150,20 +150,20 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         examples, parts, reward_parts = list(to_sample), [], []
         if to_sample:
             fresh = engine.sample(to_sample, temps, generator)
-            fresh_r = engine.log_reward(fresh, to_sample, per_prefix=per_prefix)
+            fresh_r = engine.log_reward_parts(fresh, to_sample, per_prefix=per_prefix)
             for q in range(0, len(to_sample), k):
                 buffer.add(to_sample[q].query, fresh.select(list(range(q, q + k))), fresh_r[q:q + k])
             parts.append(fresh)
-            reward_parts.append(fresh_r)
+            reward_parts.append(fresh_r.tempered(temp_r))  # the shaping is added after tempering
         for ex, items in replays:
             parts.append(Trajectories([len(examples)] * k, [engine.prompt_ids(ex)] * k, [it.tokens for it in items],
                                       [it.is_action for it in items], [it.terminated for it in items], [1.0] * k))
-            reward_parts.append(_stored_rewards(items, per_prefix))
+            reward_parts.append(stored_log_rewards(items, per_prefix).tempered(temp_r))
             examples += [ex] * k
         traj = Trajectories.concat(parts)
         width = max(traj.n_actions) + 1
         log_r = torch.cat([(torch.nn.functional.pad(r, (0, width - r.shape[1])) if per_prefix else r).to(device)
-                           for r in reward_parts]) / temp_r
+                           for r in reward_parts])
         group = torch.arange(len(traj), device=device) // k  # k consecutive rows share a query
 
         # Gradient accumulation over micro-batches of whole query groups (VarGrad needs them whole).
@@ -214,10 +214,3 @@ def train(ctx: TrainContext, cfg: Config) -> None:
                              for i in range(min(len(traj), budget.log_samples))], budget.steps)
         # Last in the step, after its metrics and evaluation: a resumed run repeats and skips none.
         checkpoint_if_due(ctx, step, resumable)
-
-
-def _stored_rewards(items, per_prefix: bool) -> torch.Tensor:
-    if not per_prefix:
-        return torch.tensor([it.log_reward for it in items])
-    width = max(len(it.log_rewards) for it in items)
-    return torch.tensor([it.log_rewards + [0.0] * (width - len(it.log_rewards)) for it in items])

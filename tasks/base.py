@@ -98,8 +98,8 @@ class Task(Protocol):
         LM prefers another candidate; a sample's answer is that of its preferred candidate."""
 
     wrong_choice_penalty: float
-    """Added to the untempered log R of a state whose preferred candidate is not observation(ex).
-    Default 0."""
+    """Added to the tempered log R (after the reward temperature) of a state whose preferred
+    candidate is not observation(ex). Default 0."""
 
     tie_break: str | None
     """The answer that wins a tie, between candidates and in the majority vote (default: the

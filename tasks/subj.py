@@ -4,11 +4,10 @@ X = `Classify this movie review as objective or subjective: "{text}" This review
 tokens, Y = `, so it is {label}.`. The task has two candidate observations (one per label): the
 engine scores both after every state, and
 
-- the reward is log p_base(Z, ", so it is {gold}." | X), plus `wrong_label_penalty` (paper: -50)
-  at states after which the base LM scores the other label's observation higher. The engine adds
-  the penalty to the untempered log R, so a method's temperature T divides it too: with the
-  paper's T from 1.2 to 1.0 the tempered penalty is -41.7 to -50, where the paper's notebook
-  subtracted 50 after tempering;
+- the reward is log p_base(Z, ", so it is {gold}." | X) / T, plus `wrong_label_penalty` (paper:
+  -50) at states after which the base LM scores the other label's observation higher. The engine
+  returns the penalty apart from the likelihood (`LogReward.shaping`), and the methods add it after
+  tempering, as the paper's notebook did, so T never scales it;
 - a rationale's answer is the label whose observation the base LM scores higher after (X, Z), a
   tie going to "subjective"; the test answer is the majority vote over the rationales, a tie
   going to "subjective" too (the paper's protocol).
@@ -58,8 +57,8 @@ class Config:
     max_actions: int = field(default=DEFAULTS["max_actions"], metadata={
         "help": "most rationale tokens (paper: 5)"})
     wrong_label_penalty: float = field(default=DEFAULTS["wrong_label_penalty"], metadata={
-        "help": "added to the untempered log-reward of a state after which the base LM prefers "
-                "the wrong label (paper: -50, added after tempering); 0: no shaping"})
+        "help": "added to the tempered log-reward (after dividing by the reward temperature) of a state "
+                "after which the base LM prefers the wrong label (paper: -50); 0: no shaping"})
 
 
 def _check(cfg: Config) -> None:

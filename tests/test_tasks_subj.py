@@ -193,3 +193,74 @@ def test_without_data_the_error_names_data_dir_and_the_hub_dataset(tmp_path, mon
     with pytest.raises(DataError, match=r"subj: no data: .*subj not found \(set data_dir=.*SetFit/subj "
                                         r"could not be loaded \(ConnectionError\)"):
         SubjTask(Config(), str(tmp_path))
+
+
+# --- the shaping penalty is added after the reward temperature ----------------------------------
+def expected_tempered(engine, ex, tokens, temperature):
+    """The paper's tempered SUBJ reward of a rationale, by one forward pass per label:
+    log p_base(Z, Y_gold | X) / T, plus -50 (untempered) where the base prefers the other label."""
+    prompt = engine.reward_prompt_ids(ex)
+    by_label = {label: slow_logp(engine, prompt, tokens, f", so it is {label}.") for label in LABELS}
+    preferred = "subjective" if by_label["subjective"] >= by_label["objective"] else "objective"
+    return by_label[ex.answer] / temperature + (-50.0 if preferred != ex.answer else 0.0), preferred != ex.answer
+
+
+def one_query_run(tiny_policy, tmp_path, monkeypatch, method, **overrides):
+    """Train `method` on one SUBJ query at reward temperature 0.5 throughout; returns per step the
+    trained rows (query, tokens) and the tempered final log-reward each was trained on."""
+    from methods import method_module
+    from methods.base import TrainConfig, TrainContext
+
+    task = SubjTask(Config(n_train=1, n_valid=2), str(write_folder(tmp_path / "subj", n_train=1).parent))
+    budget = TrainConfig(steps=2, batch_prompts=1, samples_per_prompt=6, eval_every=0, batch_size=8)
+    engine = Engine(tiny_policy, task, budget.batch_size)
+    module = method_module(method)
+    seen = []  # (step's trajectories, their tempered final log-rewards), in call order
+    if method == "gfn_tb":
+        score = engine.score
+        monkeypatch.setattr(engine, "score", lambda traj, **kw: seen.append([traj]) or score(traj, **kw))
+        tb_loss = module.tb_loss
+        monkeypatch.setattr(module, "tb_loss", lambda z, pf, r: seen[-1].append(r.detach().clone()) or tb_loss(z, pf, r))
+    else:  # ppo: with kl_coef=0 the reward of a row's last action is its tempered log R
+        sample = engine.sample
+        monkeypatch.setattr(engine, "sample", lambda *a, **kw: seen.append([sample(*a, **kw)]) or seen[-1][0])
+        gae = module.gae
+
+        def last_rewards(rewards, values, mask, gamma, lam):
+            seen[-1].append(rewards.gather(1, (mask.sum(-1, keepdim=True) - 1).long()).squeeze(1).detach().clone())
+            return gae(rewards, values, mask, gamma, lam)
+
+        monkeypatch.setattr(module, "gae", last_rewards)
+    ctx = TrainContext(tiny_policy, task, engine, budget, seed=0, log_metrics=lambda m, step: None,
+                       evaluate=lambda step: {})
+    cfg = module.Config(reward_temp_start=0.5, reward_temp_end=0.5, **overrides)
+    module.train(ctx, cfg)
+    (ex,) = task.train_examples()
+    return engine, ex, seen
+
+
+def check_tempered(engine, ex, traj, tempered):
+    assert all(p == engine.prompt_ids(ex) for p in traj.prompt_ids)
+    wrong = 0
+    for b in range(len(traj)):
+        expected, is_wrong = expected_tempered(engine, ex, traj.tokens[b], 0.5)
+        assert tempered[b].item() == pytest.approx(expected, abs=2e-3)
+        wrong += is_wrong
+    return wrong
+
+
+def test_gfn_adds_the_penalty_after_tempering_to_fresh_and_replayed_rows(tiny_policy, tmp_path, monkeypatch):
+    """T=0.5, base prefers the wrong label: base/0.5 - 50, not (base - 50)/0.5 = base/0.5 - 100.
+    Step 0 samples (the buffer is empty), step 1 replays what step 0 stored."""
+    engine, ex, seen = one_query_run(tiny_policy, tmp_path, monkeypatch, "gfn_tb", loss="tb", p_replay=1.0,
+                                     p_tempered=0.0, seed_buffer=False)
+    assert len(seen) == 2
+    (fresh, fresh_r), (replayed, replayed_r) = seen
+    assert {tuple(t) for t in replayed.tokens} <= {tuple(t) for t in fresh.tokens}, "step 1 should replay step 0"
+    assert check_tempered(engine, ex, fresh, fresh_r) and check_tempered(engine, ex, replayed, replayed_r), \
+        "the toy should contain rationales after which the base prefers the wrong label"
+
+
+def test_ppo_adds_the_penalty_after_tempering(tiny_policy, tmp_path, monkeypatch):
+    engine, ex, seen = one_query_run(tiny_policy, tmp_path, monkeypatch, "ppo", kl_coef=0.0, ppo_epochs=1)
+    assert sum(check_tempered(engine, ex, traj, r) for traj, r in seen), "the toy needs wrong-label rationales"

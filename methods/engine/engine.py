@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from methods.engine.models import Policy
-from methods.engine.reward import choice_log_reward, log_reward, observation_logprobs, preferred_choice
+from methods.engine.reward import LogReward, choice_log_reward, log_reward, observation_logprobs, preferred_choice
 from methods.engine.rollout import Scores, TokenRules, Trajectories, sample, score, token_logprobs
 from tasks.base import Example, Task
 
@@ -89,9 +89,15 @@ class Engine:
         return score(self.policy.model, self.pad_id, self.rules, traj, hidden=hidden)
 
     def log_reward(self, traj: Trajectories, examples: list[Example], *, per_prefix: bool) -> torch.Tensor:
-        """Untempered log R per state [B, A+1] (or of the final state, [B]) under the frozen base.
+        """Untempered log R per state [B, A+1] (or of the final state, [B]) under the frozen base,
+        shaping included: `log_reward_parts(...).total`."""
+        return self.log_reward_parts(traj, examples, per_prefix=per_prefix).total
 
-        For a task with `choices`: log p_base(s, Y_gold | reward prompt) plus the task's
+    def log_reward_parts(self, traj: Trajectories, examples: list[Example], *, per_prefix: bool) -> LogReward:
+        """Untempered log R per state [B, A+1] (or of the final state, [B]) under the frozen base,
+        as the part the reward temperature divides and the shaping added after it.
+
+        For a task with `choices`: base log p_base(s, Y_gold | reward prompt), shaping the task's
         `wrong_choice_penalty` at states after which the base prefers another candidate."""
         parts, width = [], max(traj.n_actions) + 1
         with self.policy.base():
@@ -101,17 +107,15 @@ class Engine:
                 prompts = [self.reward_prompt_ids(e) for e in exs]
                 plans = [self.candidates(e) for e in exs]
                 if plans[0] is None:
-                    r = log_reward(self.policy.model, self.pad_id, prompts, [self.observation_ids(e) for e in exs],
-                                   part, per_prefix=per_prefix)
+                    r = LogReward(log_reward(self.policy.model, self.pad_id, prompts,
+                                             [self.observation_ids(e) for e in exs], part, per_prefix=per_prefix))
                 else:
                     r = self._choice_reward(part, exs, prompts, plans, per_prefix)
-                if per_prefix:
-                    r = torch.nn.functional.pad(r, (0, width - r.shape[1]))
-                parts.append(r)
-        return torch.cat(parts)
+                parts.append(r.pad(width) if per_prefix else r)
+        return LogReward.concat(parts)
 
     def _choice_reward(self, part: Trajectories, exs: list[Example], prompts: list[list[int]], plans: list,
-                       per_prefix: bool) -> torch.Tensor:
+                       per_prefix: bool) -> LogReward:
         logp = observation_logprobs(self.policy.model, self.pad_id, prompts, [plan[1] for plan in plans], part,
                                     per_prefix=per_prefix)
         device = logp.device
