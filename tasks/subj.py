@@ -18,9 +18,11 @@ drawn from `train.jsonl` outside the few-shot set (and outside test). Without th
 Hugging Face dataset SetFit/subj is used when reachable; its few-shot set is made the paper's way
 (training items under 25 words, seed-0 shuffle, the first n), which need not pick the same items.
 
-Demonstrations (SFT data, few-shot prompts, replay seeds) are the few-shot examples with the
-label word itself as the rationale, e.g. ` subjective`: the data has no rationales, and the label
-is the one text known to make the base LM prefer the gold observation.
+Demonstrations (SFT data, few-shot prompts) are the few-shot examples with the label word itself
+as the rationale, e.g. ` subjective`: the data has no rationales, and the label is the one text
+known to make the base LM prefer the gold observation. The GFlowNet's replay buffer is seeded as
+in the paper instead: `seed_rationales` base-LM samples per example after `seed_prompt` (the
+review, the gold label, " because it is"), cut at the first non-alphanumeric token (subj.yaml).
 """
 from __future__ import annotations
 
@@ -59,6 +61,10 @@ class Config:
     wrong_label_penalty: float = field(default=DEFAULTS["wrong_label_penalty"], metadata={
         "help": "added to the tempered log-reward (after dividing by the reward temperature) of a state "
                 "after which the base LM prefers the wrong label (paper: -50); 0: no shaping"})
+    seed_rationales: int = field(default=DEFAULTS["seed_rationales"], metadata={
+        "help": "rationales per training example that the base LM samples after the YAML's seed_prompt "
+                "('... This review is {label} because it is'), cut at the first non-alphanumeric token, "
+                "to pre-seed the GFlowNet's replay buffer (paper: 20); 0: seed it with the demonstrations"})
 
 
 def _check(cfg: Config) -> None:
@@ -68,6 +74,8 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"subj: n_valid={cfg.n_valid} must be >= 1")
     if cfg.n_test is not None and cfg.n_test < 1:
         raise ValueError(f"subj: n_test={cfg.n_test} must be >= 1 (or null for all)")
+    if cfg.seed_rationales < 0:
+        raise ValueError(f"subj: seed_rationales={cfg.seed_rationales} must be >= 0 (paper: 20)")
     if not 1 <= cfg.min_actions <= cfg.max_actions:
         raise ValueError(f"subj: need 1 <= min_actions ({cfg.min_actions}) <= max_actions ({cfg.max_actions})")
 
@@ -129,6 +137,7 @@ class SubjTask(SpecTask):
         _check(config)
         self._take_config(config)
         self.wrong_choice_penalty = config.wrong_label_penalty
+        self.seed_rationales = config.seed_rationales
         if config.path:
             folder = Path(config.path).expanduser()
             if not folder.is_dir():

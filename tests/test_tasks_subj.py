@@ -10,6 +10,7 @@ import torch
 from methods.engine.engine import Engine
 from methods.engine.evaluate import evaluate
 from methods.engine.reward import preferred_choice
+from methods.engine.rollout import Trajectories
 from tasks import task_class
 from tasks.base import Example
 from tasks.data import DataError
@@ -264,3 +265,71 @@ def test_gfn_adds_the_penalty_after_tempering_to_fresh_and_replayed_rows(tiny_po
 def test_ppo_adds_the_penalty_after_tempering(tiny_policy, tmp_path, monkeypatch):
     engine, ex, seen = one_query_run(tiny_policy, tmp_path, monkeypatch, "ppo", kl_coef=0.0, ppo_epochs=1)
     assert sum(check_tempered(engine, ex, traj, r) for traj, r in seen), "the toy needs wrong-label rationales"
+
+
+# --- the replay buffer is seeded with base rationales given the label, as in the paper ----------
+def seed_prompt(ex):
+    return f'Classify this movie review as objective or subjective: "{ex.query}" This review is {ex.answer} because it is'
+
+
+def alphanumeric(engine, token):
+    text = engine.tokenizer.decode([token])
+    return (text[1:] if text.startswith(" ") else text).isalnum()
+
+
+def test_seeds_are_base_samples_after_the_label_cut_at_the_first_non_alphanumeric_token(tiny_policy, tmp_path):
+    from methods.engine.rollout import sample
+
+    task = SubjTask(Config(n_train=4, n_valid=2), str(write_folder(tmp_path / "subj", n_train=4).parent))
+    engine = Engine(tiny_policy, task, batch_size=16)  # one sampling batch, as the draws by hand below
+    with torch.no_grad():  # a LoRA update, so that sampling with the adapter on would differ
+        for p in tiny_policy.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    examples, n = task.train_examples()[:2], 6
+    seeds = engine.seed_trajectories(examples, n, torch.Generator().manual_seed(0))
+    assert seeds == engine.seed_trajectories(examples, n, torch.Generator().manual_seed(0))  # reproducible
+    rows = [i for i in range(len(examples)) for _ in range(n)]
+    with tiny_policy.base():
+        drawn = sample(tiny_policy.model, engine.tokenizer, task, engine.rules,
+                       [engine.tokenizer(seed_prompt(examples[i])).input_ids for i in rows], rows, [1.0] * len(rows),
+                       torch.Generator().manual_seed(0))
+    expected, cut = [], 0
+    for b in range(len(drawn)):
+        keep = next((j for j, tok in enumerate(drawn.tokens[b]) if not alphanumeric(engine, tok)), len(drawn.tokens[b]))
+        cut += keep < len(drawn.tokens[b])
+        if keep >= 1:
+            expected.append((drawn.example_idx[b], drawn.tokens[b][:keep], keep < len(drawn.tokens[b]) or drawn.terminated[b]))
+    assert cut, "the toy should draw samples with a non-alphanumeric token"
+    assert list(zip(seeds.example_idx, seeds.tokens, seeds.terminated)) == expected
+    assert seeds.prompt_ids == [engine.prompt_ids(examples[i]) for i in seeds.example_idx]  # replayed as samples
+    assert all(1 <= len(t) <= task.max_actions and all(a) for t, a in zip(seeds.tokens, seeds.is_action))
+
+
+def test_gfn_seeds_a_subj_query_when_first_drawn_with_scored_base_rationales(tiny_policy, tmp_path, monkeypatch):
+    from methods import gfn_tb
+    from methods.base import TrainConfig, TrainContext
+    from methods.engine.replay import ReplayBuffer
+
+    buffers = []
+    monkeypatch.setattr(gfn_tb, "ReplayBuffer", lambda capacity: buffers.append(ReplayBuffer(capacity)) or buffers[-1])
+    task = SubjTask(Config(n_train=4, n_valid=2), str(write_folder(tmp_path / "subj", n_train=4).parent))
+    budget = TrainConfig(steps=1, batch_prompts=1, samples_per_prompt=2, eval_every=0, batch_size=8)
+    engine = Engine(tiny_policy, task, budget.batch_size)
+    ctx = TrainContext(tiny_policy, task, engine, budget, seed=0, log_metrics=lambda m, step: None,
+                       evaluate=lambda step: {})
+    gfn_tb.train(ctx, gfn_tb.Config(loss="tb", p_replay=1.0))  # the drawn query replays: no fresh rows join
+    (buffer,) = buffers
+    (query,) = buffer.items  # seeded lazily: only the query drawn
+    (ex,) = [e for e in task.train_examples() if e.query == query]
+    items = buffer.items[query]
+    # The training generator's first draws are the seeds (seed 0); duplicates merge in the buffer.
+    seeds = engine.seed_trajectories([ex], task.config.seed_rationales, torch.Generator().manual_seed(0))
+    assert 1 < len(items) <= task.config.seed_rationales == 20
+    assert {tuple(it.tokens) for it in items} == {tuple(t) for t in seeds.tokens}
+    assert all(len(it.tokens) >= 1 and all(alphanumeric(engine, t) for t in it.tokens) for it in items)
+    replayed = Trajectories([0] * len(items), [engine.prompt_ids(ex)] * len(items), [it.tokens for it in items],
+                            [it.is_action for it in items], [it.terminated for it in items], [1.0] * len(items))
+    scored = engine.log_reward_parts(replayed, [ex], per_prefix=False)
+    assert all(len(it.log_rewards) == 1 for it in items)  # loss=tb: the final state's reward only
+    assert [it.log_rewards[0] for it in items] == pytest.approx(scored.base.tolist(), abs=1e-4)
+    assert [it.shaping for it in items] == [[r] for r in scored.shaping.tolist()]

@@ -192,5 +192,43 @@ class Engine:
         return Trajectories(list(range(len(examples))), [self.prompt_ids(e) for e in examples],
                             tokens, is_action, [True] * len(examples), [1.0] * len(examples))
 
+    def seed_trajectories(self, examples: list[Example], n_per_example: int,
+                          generator: torch.Generator | None = None) -> Trajectories:
+        """Replay-buffer seeds: `n_per_example` samples per example from the frozen base after the
+        task's `seed_prompt` (which may show the answer), at T=1 under the task's token rules.
+
+        Each sample is cut before its first token whose text, less one leading space, is not
+        alphanumeric (str.isalnum), and dropped when fewer than the task's min_actions actions
+        remain, so an example may get fewer seeds. A cut row is terminated (⊤ follows the cut). Rows
+        carry the policy prompt and index `examples`, so they replay as ordinary samples."""
+        rows = [i for i in range(len(examples)) for _ in range(n_per_example)]
+        prompts = []
+        for ex in examples:
+            text = self.task.seed_prompt(ex) if hasattr(self.task, "seed_prompt") else None
+            if text is None:
+                raise ValueError(f"task {self.task.name} has no seed_prompt to sample replay seeds after")
+            prompts.append(list(self._encode(text, True)))
+        parts = []
+        with self.policy.base():
+            for chunk in self._chunks(len(rows)):
+                parts.append(sample(self.policy.model, self.tokenizer, self.task, self.rules,
+                                    [prompts[rows[j]] for j in chunk], [rows[j] for j in chunk], [1.0] * len(chunk),
+                                    generator))
+        drawn = Trajectories.concat(parts)
+        seeds = Trajectories([], [], [], [], [], [])
+        for b, tokens in enumerate(drawn.tokens):
+            texts = self.tokenizer.batch_decode([[t] for t in tokens])
+            cut = next((j for j, text in enumerate(texts) if not (text[1:] if text.startswith(" ") else text).isalnum()),
+                       len(tokens))
+            if sum(drawn.is_action[b][:cut]) < self.rules.min_actions:
+                continue
+            seeds.example_idx.append(drawn.example_idx[b])
+            seeds.prompt_ids.append(self.prompt_ids(examples[drawn.example_idx[b]]))
+            seeds.tokens.append(tokens[:cut])
+            seeds.is_action.append(drawn.is_action[b][:cut])
+            seeds.terminated.append(cut < len(tokens) or drawn.terminated[b])
+            seeds.temperature.append(1.0)
+        return seeds
+
     def texts(self, traj: Trajectories) -> list[str]:
         return self.tokenizer.batch_decode(traj.tokens)

@@ -196,4 +196,5 @@ def choice_log_reward(choice_logp: torch.Tensor, gold: torch.Tensor, tie_index: 
     gold_logp = choice_logp.gather(-1, gold.view(-1, 1, 1).expand(-1, choice_logp.shape[1], 1)).squeeze(-1)
     wrong = preferred_choice(choice_logp, tie_index.view(-1, 1)) != gold.view(-1, 1)
     zeros = torch.zeros_like(gold_logp)
-    return LogReward(torch.where(exists, gold_logp, zeros), torch.where(exists, penalty * wrong, zeros))
+    shaping = torch.where(exists, penalty * wrong, zeros)
+    return LogReward(torch.where(exists, gold_logp, zeros), shaping)
