@@ -11,6 +11,10 @@ Three objectives over the same trajectories (log P_B = 0: left-to-right generati
 
 Behaviour policy per query and step, as in the paper: replayed top-reward samples (if the query
 has any), tempered sampling with T ~ U[pf_temp_low, pf_temp_high], or on-policy sampling.
+The buffer of a query is seeded when the query is first drawn (`seed_buffer`): with samples of the
+frozen base after the task's seed prompt where the task has one (SUBJ, as the paper: 20 per
+example after `... This review is {label} because it is`, cut at the first non-alphanumeric token),
+else with the task's demonstrations' rationales; seeds are scored with the normal reward.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch
 
 from methods.base import WARMUP_HELP, QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
 from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
-from methods.engine.replay import ReplayBuffer
+from methods.engine.replay import ReplayBuffer, stored_log_rewards
 from methods.engine.rollout import Trajectories
 from tasks.base import Example
 
@@ -45,7 +49,7 @@ class Config(RewardTemperature):
     pf_temp_low: float = field(default=0.5, metadata={"help": "lowest sampling temperature of tempered exploration"})
     pf_temp_high: float = field(default=2.0, metadata={"help": "highest sampling temperature of tempered exploration"})
     buffer_size: int = field(default=50, metadata={"help": "replay buffer items kept per query (highest reward first)"})
-    seed_buffer: bool = field(default=True, metadata={"help": "put the task's worked rationales in the buffer of their queries"})
+    seed_buffer: bool = field(default=True, metadata={"help": "seed a query's buffer when first drawn: base-LM samples after the task's seed prompt (SUBJ), else its worked rationales"})
 
 
 # --- losses (per-batch tensors in, scalar out) ---------------------------------------------------
@@ -105,15 +109,15 @@ def first_flow_estimate(action_logp: torch.Tensor, term_logp: torch.Tensor, log_
 
 # --- training ----------------------------------------------------------------------------------
 
-class UnseededDemos:
-    """Worked rationales not yet in the replay buffer. Each enters when its query is first drawn:
-    scoring all of them up front would cost a reward pass over every demonstration before the first step."""
+class UnseededQueries:
+    """Examples whose replay-buffer seeds are not made yet. Each is seeded when its query is first
+    drawn: seeding all up front would cost sampling and a reward pass for every one before the first step."""
 
-    def __init__(self, demos: list[Example]):
-        self.pending = {ex.query: ex for ex in demos}
+    def __init__(self, examples: list[Example]):
+        self.pending = {ex.query: ex for ex in examples}
 
     def take(self, batch: list[Example]) -> list[Example]:
-        """The pending demonstrations of the queries in `batch`, no longer pending."""
+        """The pending examples of the queries in `batch`, no longer pending."""
         return [self.pending.pop(ex.query) for ex in batch if ex.query in self.pending]
 
     def state_dict(self) -> dict:
@@ -149,7 +153,9 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     pool = ctx.task.demonstrations() + ctx.task.train_examples()
     queries = QuerySampler(pool, ctx.seed)
     buffer = ReplayBuffer(cfg.buffer_size)
-    unseeded = UnseededDemos([ex for ex in ctx.task.demonstrations() if ex.rationale] if cfg.seed_buffer else [])
+    n_seeds = getattr(ctx.task, "seed_rationales", 0)  # > 0: seeds sampled from the base after the task's seed prompt
+    seedable = ctx.task.train_examples() if n_seeds else [ex for ex in ctx.task.demonstrations() if ex.rationale]
+    unseeded = UnseededQueries(seedable if cfg.seed_buffer else [])
     resumable = {"optimizer": optimizer, "schedule": schedule, "flow_head": flow_head, "buffer": buffer,
                  "unseeded": unseeded, "queries": queries.rng, "rng": rng, "generator": generator}
     start = resume_from_checkpoint(ctx, resumable)
@@ -158,12 +164,12 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     for step in range(start, budget.steps):
         temp_r = cfg.reward_temperature(step, budget.steps)
         batch = queries.draw(budget.batch_prompts)
-        demos = unseeded.take(batch)
-        if demos:
-            traj = engine.demonstrations(demos)
-            rewards = engine.log_reward(traj, demos, per_prefix=per_prefix)
-            for row, ex in enumerate(demos):
-                buffer.add(ex.query, traj.select([row]), rewards[row:row + 1])
+        seeded = unseeded.take(batch)
+        seeds = engine.seed_trajectories(seeded, n_seeds, generator) if n_seeds else engine.demonstrations(seeded)
+        if len(seeds):
+            rewards = engine.log_reward_parts(seeds, seeded, per_prefix=per_prefix)
+            for row, i in enumerate(seeds.example_idx):
+                buffer.add(seeded[i].query, seeds.select([row]), rewards[row:row + 1])
         # Behaviour policy per query: replay, tempered or on-policy; rows of one query stay together.
         to_sample, temps, replays = [], [], []
         for ex in batch:
@@ -177,20 +183,20 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         examples, parts, reward_parts = list(to_sample), [], []
         if to_sample:
             fresh = engine.sample(to_sample, temps, generator)
-            fresh_r = engine.log_reward(fresh, to_sample, per_prefix=per_prefix)
+            fresh_r = engine.log_reward_parts(fresh, to_sample, per_prefix=per_prefix)
             for q in range(0, len(to_sample), k):
                 buffer.add(to_sample[q].query, fresh.select(list(range(q, q + k))), fresh_r[q:q + k])
             parts.append(fresh)
-            reward_parts.append(fresh_r)
+            reward_parts.append(fresh_r.tempered(temp_r))  # the shaping is added after tempering
         for ex, items in replays:
             parts.append(Trajectories([len(examples)] * k, [engine.prompt_ids(ex)] * k, [it.tokens for it in items],
                                       [it.is_action for it in items], [it.terminated for it in items], [1.0] * k))
-            reward_parts.append(_stored_rewards(items, per_prefix))
+            reward_parts.append(stored_log_rewards(items, per_prefix).tempered(temp_r))
             examples += [ex] * k
         traj = Trajectories.concat(parts)
         width = max(traj.n_actions) + 1
         log_r = torch.cat([(torch.nn.functional.pad(r, (0, width - r.shape[1])) if per_prefix else r).to(device)
-                           for r in reward_parts]) / temp_r
+                           for r in reward_parts])
         group = torch.arange(len(traj), device=device) // k  # k consecutive rows share a query
 
         # Gradient accumulation over micro-batches of whole query groups (VarGrad needs them whole).
@@ -256,10 +262,3 @@ def _init_flow(flow_head: torch.nn.Linear, scores, log_r: torch.Tensor, final_r:
     else:
         estimate = (final_r - scores.logpf).mean()
     flow_head.bias.fill_(ctx.parallel.mean({"log_z": float(estimate)})["log_z"])
-
-
-def _stored_rewards(items, per_prefix: bool) -> torch.Tensor:
-    if not per_prefix:
-        return torch.tensor([it.log_reward for it in items])
-    width = max(len(it.log_rewards) for it in items)
-    return torch.tensor([it.log_rewards + [0.0] * (width - len(it.log_rewards)) for it in items])

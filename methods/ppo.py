@@ -4,6 +4,7 @@ Same rollout engine and same reward as the GFlowNet: the episode's return is log
 last action, and every action pays -kl_coef * (log q - log p_base), the base being the policy with
 its adapter disabled. Actions are the policy's tokens plus ⊤ when the sample terminated; tool
 tokens are environment. The value head reads the policy's last hidden state at each state.
+A task's shaping (SUBJ's wrong-label penalty) is added after tempering: log R_base/T + shaping.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         temp_r = cfg.reward_temperature(step, budget.steps)
         examples = [ex for ex in queries.draw(budget.batch_prompts) for _ in range(k)]
         traj = engine.sample(examples, [1.0] * len(examples), generator)
-        log_r = engine.log_reward(traj, examples, per_prefix=False).to(device) / temp_r
+        log_r = engine.log_reward_parts(traj, examples, per_prefix=False).tempered(temp_r).to(device)
         chunks = micro_batches(len(traj), k, budget.batch_size)
         width = max(traj.n_actions) + 1  # actions per row, ⊤ included
 

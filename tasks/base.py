@@ -98,8 +98,16 @@ class Task(Protocol):
         LM prefers another candidate; a sample's answer is that of its preferred candidate."""
 
     wrong_choice_penalty: float
-    """Added to the untempered log R of a state whose preferred candidate is not observation(ex).
-    Default 0."""
+    """Added to the tempered log R (after the reward temperature) of a state whose preferred
+    candidate is not observation(ex). Default 0."""
+
+    def seed_prompt(self, ex: Example) -> str | None:
+        """Text after which the frozen base LM samples replay-buffer seeds for `ex` (it may show the
+        answer, e.g. SUBJ's `... This review is {label} because it is`), or None: the buffer is
+        seeded with the demonstrations' rationales."""
+
+    seed_rationales: int
+    """Seeds sampled after `seed_prompt` per training example (default 0: none)."""
 
     tie_break: str | None
     """The answer that wins a tie, between candidates and in the majority vote (default: the

@@ -7,7 +7,9 @@ field of the task's `Config`). A task module reads its file once at import; addi
 module, one YAML file and one line in `tasks/__init__.py`.
 
 Templates are `str.format` strings over an example's visible fields `{query}` and `{given}`; only
-`observation` may also use the hidden `{answer}`, so a prompt cannot leak it by construction.
+`observation` and the optional `seed_prompt` (from which the base LM samples replay-buffer seeds,
+never a context of the policy or the reward) may also use the hidden `{answer}`, so a prompt
+cannot leak it by construction.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ TASKS_DIR = Path(__file__).resolve().parent
 PROMPT_FIELDS = frozenset({"query", "given"})  # what the policy and the reward prompt may show
 OBSERVATION_FIELDS = PROMPT_FIELDS | {"answer"}
 _KEYS = {"task", "version", "description", "policy_prompt", "reward_prompt", "observation",
-         "generation", "metrics", "data", "defaults", "tie_break"}
+         "generation", "metrics", "data", "defaults", "tie_break", "seed_prompt"}
 _GENERATION_KEYS = {"allowed_chars", "stop_on_newline", "terminators", "banned_tokens"}
 
 
@@ -56,6 +58,7 @@ class TaskSpec:
     data: dict[str, Any]
     defaults: dict[str, Any]
     tie_break: str | None  # the answer that wins a tied majority vote
+    seed_prompt: str | None  # the base LM samples replay-buffer seeds after it; None: seed from demonstrations
     path: Path
 
     @property
@@ -170,7 +173,9 @@ def parse_spec(path: Path) -> TaskSpec:
         metrics=_metrics(path, raw.get("metrics")),
         data=_mapping(path, raw.get("data"), "data"),
         defaults=_mapping(path, raw.get("defaults"), "defaults"),
-        tie_break=tie_break, path=path)
+        tie_break=tie_break,
+        seed_prompt=_template(path, raw, "seed_prompt", OBSERVATION_FIELDS) if "seed_prompt" in raw else None,
+        path=path)
 
 
 @lru_cache(maxsize=None)
@@ -189,6 +194,7 @@ class SpecTask:
 
     spec: TaskSpec
     wrong_choice_penalty = 0.0
+    seed_rationales = 0
     embedding_model: str | None = None
 
     def _take_config(self, config) -> None:
@@ -234,6 +240,9 @@ class SpecTask:
 
     def observation(self, ex: Example) -> str:
         return render(self.spec.observation, ex)
+
+    def seed_prompt(self, ex: Example) -> str | None:
+        return render(self.spec.seed_prompt, ex) if self.spec.seed_prompt is not None else None
 
     def choices(self, ex: Example) -> list[str] | None:
         return None

@@ -4,11 +4,10 @@ X = `Classify this movie review as objective or subjective: "{text}" This review
 tokens, Y = `, so it is {label}.`. The task has two candidate observations (one per label): the
 engine scores both after every state, and
 
-- the reward is log p_base(Z, ", so it is {gold}." | X), plus `wrong_label_penalty` (paper: -50)
-  at states after which the base LM scores the other label's observation higher. The engine adds
-  the penalty to the untempered log R, so a method's temperature T divides it too: with the
-  paper's T from 1.2 to 1.0 the tempered penalty is -41.7 to -50, where the paper's notebook
-  subtracted 50 after tempering;
+- the reward is log p_base(Z, ", so it is {gold}." | X) / T, plus `wrong_label_penalty` (paper:
+  -50) at states after which the base LM scores the other label's observation higher. The engine
+  returns the penalty apart from the likelihood (`LogReward.shaping`), and the methods add it after
+  tempering, as the paper's notebook did, so T never scales it;
 - a rationale's answer is the label whose observation the base LM scores higher after (X, Z), a
   tie going to "subjective"; the test answer is the majority vote over the rationales, a tie
   going to "subjective" too (the paper's protocol).
@@ -19,9 +18,11 @@ drawn from `train.jsonl` outside the few-shot set (and outside test). Without th
 Hugging Face dataset SetFit/subj is used when reachable; its few-shot set is made the paper's way
 (training items under 25 words, seed-0 shuffle, the first n), which need not pick the same items.
 
-Demonstrations (SFT data, few-shot prompts, replay seeds) are the few-shot examples with the
-label word itself as the rationale, e.g. ` subjective`: the data has no rationales, and the label
-is the one text known to make the base LM prefer the gold observation.
+Demonstrations (SFT data, few-shot prompts) are the few-shot examples with the label word itself
+as the rationale, e.g. ` subjective`: the data has no rationales, and the label is the one text
+known to make the base LM prefer the gold observation. The GFlowNet's replay buffer is seeded as
+in the paper instead: `seed_rationales` base-LM samples per example after `seed_prompt` (the
+review, the gold label, " because it is"), cut at the first non-alphanumeric token (subj.yaml).
 """
 from __future__ import annotations
 
@@ -58,8 +59,12 @@ class Config:
     max_actions: int = field(default=DEFAULTS["max_actions"], metadata={
         "help": "most rationale tokens (paper: 5)"})
     wrong_label_penalty: float = field(default=DEFAULTS["wrong_label_penalty"], metadata={
-        "help": "added to the untempered log-reward of a state after which the base LM prefers "
-                "the wrong label (paper: -50, added after tempering); 0: no shaping"})
+        "help": "added to the tempered log-reward (after dividing by the reward temperature) of a state "
+                "after which the base LM prefers the wrong label (paper: -50); 0: no shaping"})
+    seed_rationales: int = field(default=DEFAULTS["seed_rationales"], metadata={
+        "help": "rationales per training example that the base LM samples after the YAML's seed_prompt "
+                "('... This review is {label} because it is'), cut at the first non-alphanumeric token, "
+                "to pre-seed the GFlowNet's replay buffer (paper: 20); 0: seed it with the demonstrations"})
 
 
 def _check(cfg: Config) -> None:
@@ -69,6 +74,8 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"subj: n_valid={cfg.n_valid} must be >= 1")
     if cfg.n_test is not None and cfg.n_test < 1:
         raise ValueError(f"subj: n_test={cfg.n_test} must be >= 1 (or null for all)")
+    if cfg.seed_rationales < 0:
+        raise ValueError(f"subj: seed_rationales={cfg.seed_rationales} must be >= 0 (paper: 20)")
     if not 1 <= cfg.min_actions <= cfg.max_actions:
         raise ValueError(f"subj: need 1 <= min_actions ({cfg.min_actions}) <= max_actions ({cfg.max_actions})")
 
@@ -130,6 +137,7 @@ class SubjTask(SpecTask):
         _check(config)
         self._take_config(config)
         self.wrong_choice_penalty = config.wrong_label_penalty
+        self.seed_rationales = config.seed_rationales
         if config.path:
             folder = Path(config.path).expanduser()
             if not folder.is_dir():

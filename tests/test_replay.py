@@ -2,7 +2,8 @@ import random
 
 import torch
 
-from methods.engine.replay import ReplayBuffer
+from methods.engine.replay import ReplayBuffer, stored_log_rewards
+from methods.engine.reward import LogReward
 from methods.engine.rollout import Trajectories
 
 
@@ -16,7 +17,7 @@ def test_buffer_keeps_the_best_unique_items_with_their_tool_tokens():
     rows = [([5, 6, 7], [True, False, True]), ([5, 6, 7], [True, False, True]), ([8], [True]), ([9, 4], [True, True])]
     # per-state untempered log-rewards: s_0..s_n
     rewards = torch.tensor([[-3.0, -2.0, -1.0], [-3.0, -2.0, -1.0], [-9.0, -5.0, 0.0], [-4.0, -3.0, -2.0]])
-    buffer.add("q", traj(rows), rewards)
+    buffer.add("q", traj(rows), LogReward(rewards))
     assert len(buffer) == 2  # duplicate dropped, lowest reward (-5) evicted
     best = buffer.items["q"][0]
     assert best.tokens == [5, 6, 7] and best.is_action == [True, False, True]
@@ -25,3 +26,21 @@ def test_buffer_keeps_the_best_unique_items_with_their_tool_tokens():
     restored = ReplayBuffer(1)
     restored.load_state_dict(buffer.state_dict())
     assert restored.items == buffer.items and restored.capacity == 2
+
+
+def test_buffer_keeps_the_shaping_apart_and_ranks_by_the_sum():
+    """The shaping (SUBJ's wrong-label penalty) is stored per state beside the base log R, so that
+    replay can add it after tempering; the buffer ranks by base + shaping."""
+    buffer = ReplayBuffer(capacity_per_query=2)
+    rows = [([5], [True]), ([6], [True]), ([7], [True])]
+    base = torch.tensor([[-2.0, -1.0], [-3.0, -2.0], [-4.0, -3.0]])
+    shaping = torch.tensor([[0.0, -50.0], [0.0, 0.0], [-50.0, 0.0]])
+    buffer.add("q", traj(rows), LogReward(base, shaping))
+    assert [it.tokens for it in buffer.items["q"]] == [[6], [7]]  # -2 and -3 beat -1 - 50
+    assert buffer.items["q"][1].log_rewards == [-4.0, -3.0] and buffer.items["q"][1].shaping == [-50.0, 0.0]
+    replayed = stored_log_rewards(buffer.items["q"], per_prefix=True)
+    assert replayed.tempered(0.5).tolist() == [[-6.0, -4.0], [-58.0, -6.0]]
+    assert stored_log_rewards(buffer.items["q"], per_prefix=False).tempered(0.5).tolist() == [-4.0, -6.0]
+    restored = ReplayBuffer(1)
+    restored.load_state_dict(buffer.state_dict())
+    assert restored.items == buffer.items

@@ -77,3 +77,12 @@ def test_defaults_must_match_the_config_exactly(tmp_path):
     spec = parse_spec(write(tmp_path, VALID.replace("defaults: {{}}", "defaults: {{colour: red}}")))
     with pytest.raises(TaskSpecError, match="unknown: colour; missing: size"):
         spec.check_defaults(Config)
+
+
+def test_the_seed_prompt_may_show_the_answer_and_is_optional(tmp_path):
+    """Only the base LM reads it (to sample replay seeds), so it may use {answer} like the observation."""
+    assert parse_spec(write(tmp_path, VALID)).seed_prompt is None
+    spec = parse_spec(write(tmp_path, VALID + 'seed_prompt: "Q: {{query}} is {{answer}} because"\n'))
+    assert render(spec.seed_prompt, Example("x", "y")) == "Q: x is y because"
+    with pytest.raises(TaskSpecError, match="seed_prompt: uses nope"):
+        parse_spec(write(tmp_path, VALID + 'seed_prompt: "{{nope}}"\n'))

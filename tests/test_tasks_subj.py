@@ -10,6 +10,7 @@ import torch
 from methods.engine.engine import Engine
 from methods.engine.evaluate import evaluate
 from methods.engine.reward import preferred_choice
+from methods.engine.rollout import Trajectories
 from tasks import task_class
 from tasks.base import Example
 from tasks.data import DataError
@@ -193,3 +194,142 @@ def test_without_data_the_error_names_data_dir_and_the_hub_dataset(tmp_path, mon
     with pytest.raises(DataError, match=r"subj: no data: .*subj not found \(set data_dir=.*SetFit/subj "
                                         r"could not be loaded \(ConnectionError\)"):
         SubjTask(Config(), str(tmp_path))
+
+
+# --- the shaping penalty is added after the reward temperature ----------------------------------
+def expected_tempered(engine, ex, tokens, temperature):
+    """The paper's tempered SUBJ reward of a rationale, by one forward pass per label:
+    log p_base(Z, Y_gold | X) / T, plus -50 (untempered) where the base prefers the other label."""
+    prompt = engine.reward_prompt_ids(ex)
+    by_label = {label: slow_logp(engine, prompt, tokens, f", so it is {label}.") for label in LABELS}
+    preferred = "subjective" if by_label["subjective"] >= by_label["objective"] else "objective"
+    return by_label[ex.answer] / temperature + (-50.0 if preferred != ex.answer else 0.0), preferred != ex.answer
+
+
+def one_query_run(tiny_policy, tmp_path, monkeypatch, method, **overrides):
+    """Train `method` on one SUBJ query at reward temperature 0.5 throughout; returns per step the
+    trained rows (query, tokens) and the tempered final log-reward each was trained on."""
+    from methods import method_module
+    from methods.base import TrainConfig, TrainContext
+
+    task = SubjTask(Config(n_train=1, n_valid=2), str(write_folder(tmp_path / "subj", n_train=1).parent))
+    budget = TrainConfig(steps=2, batch_prompts=1, samples_per_prompt=6, eval_every=0, batch_size=8)
+    engine = Engine(tiny_policy, task, budget.batch_size)
+    module = method_module(method)
+    seen = []  # (step's trajectories, their tempered final log-rewards), in call order
+    if method == "gfn_tb":
+        score = engine.score
+        monkeypatch.setattr(engine, "score", lambda traj, **kw: seen.append([traj]) or score(traj, **kw))
+        tb_loss = module.tb_loss
+        monkeypatch.setattr(module, "tb_loss", lambda z, pf, r: seen[-1].append(r.detach().clone()) or tb_loss(z, pf, r))
+    else:  # ppo: with kl_coef=0 the reward of a row's last action is its tempered log R
+        sample = engine.sample
+        monkeypatch.setattr(engine, "sample", lambda *a, **kw: seen.append([sample(*a, **kw)]) or seen[-1][0])
+        gae = module.gae
+
+        def last_rewards(rewards, values, mask, gamma, lam):
+            seen[-1].append(rewards.gather(1, (mask.sum(-1, keepdim=True) - 1).long()).squeeze(1).detach().clone())
+            return gae(rewards, values, mask, gamma, lam)
+
+        monkeypatch.setattr(module, "gae", last_rewards)
+    ctx = TrainContext(tiny_policy, task, engine, budget, seed=0, log_metrics=lambda m, step: None,
+                       evaluate=lambda step: {})
+    cfg = module.Config(reward_temp_start=0.5, reward_temp_end=0.5, **overrides)
+    module.train(ctx, cfg)
+    (ex,) = task.train_examples()
+    return engine, ex, seen
+
+
+def check_tempered(engine, ex, traj, tempered):
+    assert all(p == engine.prompt_ids(ex) for p in traj.prompt_ids)
+    wrong = 0
+    for b in range(len(traj)):
+        expected, is_wrong = expected_tempered(engine, ex, traj.tokens[b], 0.5)
+        assert tempered[b].item() == pytest.approx(expected, abs=2e-3)
+        wrong += is_wrong
+    return wrong
+
+
+def test_gfn_adds_the_penalty_after_tempering_to_fresh_and_replayed_rows(tiny_policy, tmp_path, monkeypatch):
+    """T=0.5, base prefers the wrong label: base/0.5 - 50, not (base - 50)/0.5 = base/0.5 - 100.
+    Step 0 samples (the buffer is empty), step 1 replays what step 0 stored."""
+    engine, ex, seen = one_query_run(tiny_policy, tmp_path, monkeypatch, "gfn_tb", loss="tb", p_replay=1.0,
+                                     p_tempered=0.0, seed_buffer=False)
+    assert len(seen) == 2
+    (fresh, fresh_r), (replayed, replayed_r) = seen
+    assert {tuple(t) for t in replayed.tokens} <= {tuple(t) for t in fresh.tokens}, "step 1 should replay step 0"
+    assert check_tempered(engine, ex, fresh, fresh_r) and check_tempered(engine, ex, replayed, replayed_r), \
+        "the toy should contain rationales after which the base prefers the wrong label"
+
+
+def test_ppo_adds_the_penalty_after_tempering(tiny_policy, tmp_path, monkeypatch):
+    engine, ex, seen = one_query_run(tiny_policy, tmp_path, monkeypatch, "ppo", kl_coef=0.0, ppo_epochs=1)
+    assert sum(check_tempered(engine, ex, traj, r) for traj, r in seen), "the toy needs wrong-label rationales"
+
+
+# --- the replay buffer is seeded with base rationales given the label, as in the paper ----------
+def seed_prompt(ex):
+    return f'Classify this movie review as objective or subjective: "{ex.query}" This review is {ex.answer} because it is'
+
+
+def alphanumeric(engine, token):
+    text = engine.tokenizer.decode([token])
+    return (text[1:] if text.startswith(" ") else text).isalnum()
+
+
+def test_seeds_are_base_samples_after_the_label_cut_at_the_first_non_alphanumeric_token(tiny_policy, tmp_path):
+    from methods.engine.rollout import sample
+
+    task = SubjTask(Config(n_train=4, n_valid=2), str(write_folder(tmp_path / "subj", n_train=4).parent))
+    engine = Engine(tiny_policy, task, batch_size=16)  # one sampling batch, as the draws by hand below
+    with torch.no_grad():  # a LoRA update, so that sampling with the adapter on would differ
+        for p in tiny_policy.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    examples, n = task.train_examples()[:2], 6
+    seeds = engine.seed_trajectories(examples, n, torch.Generator().manual_seed(0))
+    assert seeds == engine.seed_trajectories(examples, n, torch.Generator().manual_seed(0))  # reproducible
+    rows = [i for i in range(len(examples)) for _ in range(n)]
+    with tiny_policy.base():
+        drawn = sample(tiny_policy.model, engine.tokenizer, task, engine.rules,
+                       [engine.tokenizer(seed_prompt(examples[i])).input_ids for i in rows], rows, [1.0] * len(rows),
+                       torch.Generator().manual_seed(0))
+    expected, cut = [], 0
+    for b in range(len(drawn)):
+        keep = next((j for j, tok in enumerate(drawn.tokens[b]) if not alphanumeric(engine, tok)), len(drawn.tokens[b]))
+        cut += keep < len(drawn.tokens[b])
+        if keep >= 1:
+            expected.append((drawn.example_idx[b], drawn.tokens[b][:keep], keep < len(drawn.tokens[b]) or drawn.terminated[b]))
+    assert cut, "the toy should draw samples with a non-alphanumeric token"
+    assert list(zip(seeds.example_idx, seeds.tokens, seeds.terminated)) == expected
+    assert seeds.prompt_ids == [engine.prompt_ids(examples[i]) for i in seeds.example_idx]  # replayed as samples
+    assert all(1 <= len(t) <= task.max_actions and all(a) for t, a in zip(seeds.tokens, seeds.is_action))
+
+
+def test_gfn_seeds_a_subj_query_when_first_drawn_with_scored_base_rationales(tiny_policy, tmp_path, monkeypatch):
+    from methods import gfn_tb
+    from methods.base import TrainConfig, TrainContext
+    from methods.engine.replay import ReplayBuffer
+
+    buffers = []
+    monkeypatch.setattr(gfn_tb, "ReplayBuffer", lambda capacity: buffers.append(ReplayBuffer(capacity)) or buffers[-1])
+    task = SubjTask(Config(n_train=4, n_valid=2), str(write_folder(tmp_path / "subj", n_train=4).parent))
+    budget = TrainConfig(steps=1, batch_prompts=1, samples_per_prompt=2, eval_every=0, batch_size=8)
+    engine = Engine(tiny_policy, task, budget.batch_size)
+    ctx = TrainContext(tiny_policy, task, engine, budget, seed=0, log_metrics=lambda m, step: None,
+                       evaluate=lambda step: {})
+    gfn_tb.train(ctx, gfn_tb.Config(loss="tb", p_replay=1.0))  # the drawn query replays: no fresh rows join
+    (buffer,) = buffers
+    (query,) = buffer.items  # seeded lazily: only the query drawn
+    (ex,) = [e for e in task.train_examples() if e.query == query]
+    items = buffer.items[query]
+    # The training generator's first draws are the seeds (seed 0); duplicates merge in the buffer.
+    seeds = engine.seed_trajectories([ex], task.config.seed_rationales, torch.Generator().manual_seed(0))
+    assert 1 < len(items) <= task.config.seed_rationales == 20
+    assert {tuple(it.tokens) for it in items} == {tuple(t) for t in seeds.tokens}
+    assert all(len(it.tokens) >= 1 and all(alphanumeric(engine, t) for t in it.tokens) for it in items)
+    replayed = Trajectories([0] * len(items), [engine.prompt_ids(ex)] * len(items), [it.tokens for it in items],
+                            [it.is_action for it in items], [it.terminated for it in items], [1.0] * len(items))
+    scored = engine.log_reward_parts(replayed, [ex], per_prefix=False)
+    assert all(len(it.log_rewards) == 1 for it in items)  # loss=tb: the final state's reward only
+    assert [it.log_rewards[0] for it in items] == pytest.approx(scored.base.tolist(), abs=1e-4)
+    assert [it.shaping for it in items] == [[r] for r in scored.shaping.tolist()]

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from methods.engine.models import Policy
-from methods.engine.reward import choice_log_reward, log_reward, observation_logprobs, preferred_choice
+from methods.engine.reward import LogReward, choice_log_reward, log_reward, observation_logprobs, preferred_choice
 from methods.engine.rollout import Scores, TokenRules, Trajectories, sample, score, token_logprobs
 from tasks.base import Example, Task
 
@@ -89,9 +89,15 @@ class Engine:
         return score(self.policy.model, self.pad_id, self.rules, traj, hidden=hidden)
 
     def log_reward(self, traj: Trajectories, examples: list[Example], *, per_prefix: bool) -> torch.Tensor:
-        """Untempered log R per state [B, A+1] (or of the final state, [B]) under the frozen base.
+        """Untempered log R per state [B, A+1] (or of the final state, [B]) under the frozen base,
+        shaping included: `log_reward_parts(...).total`."""
+        return self.log_reward_parts(traj, examples, per_prefix=per_prefix).total
 
-        For a task with `choices`: log p_base(s, Y_gold | reward prompt) plus the task's
+    def log_reward_parts(self, traj: Trajectories, examples: list[Example], *, per_prefix: bool) -> LogReward:
+        """Untempered log R per state [B, A+1] (or of the final state, [B]) under the frozen base,
+        as the part the reward temperature divides and the shaping added after it.
+
+        For a task with `choices`: base log p_base(s, Y_gold | reward prompt), shaping the task's
         `wrong_choice_penalty` at states after which the base prefers another candidate."""
         parts, width = [], max(traj.n_actions) + 1
         with self.policy.base():
@@ -101,17 +107,15 @@ class Engine:
                 prompts = [self.reward_prompt_ids(e) for e in exs]
                 plans = [self.candidates(e) for e in exs]
                 if plans[0] is None:
-                    r = log_reward(self.policy.model, self.pad_id, prompts, [self.observation_ids(e) for e in exs],
-                                   part, per_prefix=per_prefix)
+                    r = LogReward(log_reward(self.policy.model, self.pad_id, prompts,
+                                             [self.observation_ids(e) for e in exs], part, per_prefix=per_prefix))
                 else:
                     r = self._choice_reward(part, exs, prompts, plans, per_prefix)
-                if per_prefix:
-                    r = torch.nn.functional.pad(r, (0, width - r.shape[1]))
-                parts.append(r)
-        return torch.cat(parts)
+                parts.append(r.pad(width) if per_prefix else r)
+        return LogReward.concat(parts)
 
     def _choice_reward(self, part: Trajectories, exs: list[Example], prompts: list[list[int]], plans: list,
-                       per_prefix: bool) -> torch.Tensor:
+                       per_prefix: bool) -> LogReward:
         logp = observation_logprobs(self.policy.model, self.pad_id, prompts, [plan[1] for plan in plans], part,
                                     per_prefix=per_prefix)
         device = logp.device
@@ -187,6 +191,44 @@ class Engine:
             is_action.append(acts)
         return Trajectories(list(range(len(examples))), [self.prompt_ids(e) for e in examples],
                             tokens, is_action, [True] * len(examples), [1.0] * len(examples))
+
+    def seed_trajectories(self, examples: list[Example], n_per_example: int,
+                          generator: torch.Generator | None = None) -> Trajectories:
+        """Replay-buffer seeds: `n_per_example` samples per example from the frozen base after the
+        task's `seed_prompt` (which may show the answer), at T=1 under the task's token rules.
+
+        Each sample is cut before its first token whose text, less one leading space, is not
+        alphanumeric (str.isalnum), and dropped when fewer than the task's min_actions actions
+        remain, so an example may get fewer seeds. A cut row is terminated (⊤ follows the cut). Rows
+        carry the policy prompt and index `examples`, so they replay as ordinary samples."""
+        rows = [i for i in range(len(examples)) for _ in range(n_per_example)]
+        prompts = []
+        for ex in examples:
+            text = self.task.seed_prompt(ex) if hasattr(self.task, "seed_prompt") else None
+            if text is None:
+                raise ValueError(f"task {self.task.name} has no seed_prompt to sample replay seeds after")
+            prompts.append(list(self._encode(text, True)))
+        parts = []
+        with self.policy.base():
+            for chunk in self._chunks(len(rows)):
+                parts.append(sample(self.policy.model, self.tokenizer, self.task, self.rules,
+                                    [prompts[rows[j]] for j in chunk], [rows[j] for j in chunk], [1.0] * len(chunk),
+                                    generator))
+        drawn = Trajectories.concat(parts)
+        seeds = Trajectories([], [], [], [], [], [])
+        for b, tokens in enumerate(drawn.tokens):
+            texts = self.tokenizer.batch_decode([[t] for t in tokens])
+            cut = next((j for j, text in enumerate(texts) if not (text[1:] if text.startswith(" ") else text).isalnum()),
+                       len(tokens))
+            if sum(drawn.is_action[b][:cut]) < self.rules.min_actions:
+                continue
+            seeds.example_idx.append(drawn.example_idx[b])
+            seeds.prompt_ids.append(self.prompt_ids(examples[drawn.example_idx[b]]))
+            seeds.tokens.append(tokens[:cut])
+            seeds.is_action.append(drawn.is_action[b][:cut])
+            seeds.terminated.append(cut < len(tokens) or drawn.terminated[b])
+            seeds.temperature.append(1.0)
+        return seeds
 
     def texts(self, traj: Trajectories) -> list[str]:
         return self.tokenizer.batch_decode(traj.tokens)

@@ -2,8 +2,9 @@
 
 Items keep their tool tokens and action mask, so a replayed trajectory is re-scored in the same
 context it was sampled in (the reference replayed tool trajectories without the calculator's
-outputs). Log-rewards are stored untempered, per state, and re-tempered by the caller, since the
-reward temperature moves during training.
+outputs). Log-rewards are stored untempered, per state, in the two parts of `LogReward`, and
+re-tempered by the caller (`ReplayItem.log_reward_parts`), since the reward temperature moves
+during training and the shaping is added after it.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.engine.reward import LogReward
 from methods.engine.rollout import Trajectories
 
 
@@ -20,11 +22,27 @@ class ReplayItem:
     tokens: list[int]
     is_action: list[bool]
     terminated: bool
-    log_rewards: list[float]  # untempered log R(s_0..s_n); the last entry is the trajectory's
+    log_rewards: list[float]  # untempered base log R(s_0..s_n); the last entry is the trajectory's
+    shaping: list[float] | None = None  # added after tempering, per state like log_rewards; None: none
 
     @property
     def log_reward(self) -> float:
-        return self.log_rewards[-1]
+        """The trajectory's log R at T = 1, shaping included: what the buffer ranks by."""
+        return self.log_rewards[-1] + (self.shaping[-1] if self.shaping is not None else 0.0)
+
+
+def stored_log_rewards(items: list[ReplayItem], per_prefix: bool) -> LogReward:
+    """The untempered log-rewards of replayed items: per state [B, S] zero-padded, or final [B]."""
+    def stack(rows: list[list[float]]) -> torch.Tensor:
+        if not per_prefix:
+            return torch.tensor([row[-1] for row in rows])
+        width = max(len(row) for row in rows)
+        return torch.tensor([row + [0.0] * (width - len(row)) for row in rows])
+
+    shaped = [it.shaping is not None for it in items]
+    if any(shaped) and not all(shaped):
+        raise ValueError("replayed items mix rewards with and without shaping")
+    return LogReward(stack([it.log_rewards for it in items]), stack([it.shaping for it in items]) if all(shaped) else None)
 
 
 class ReplayBuffer:
@@ -38,8 +56,8 @@ class ReplayBuffer:
     def has(self, key: str) -> bool:
         return bool(self.items.get(key))
 
-    def add(self, key: str, traj: Trajectories, log_rewards: torch.Tensor) -> None:
-        """Add every row of `traj` (all for query `key`); log_rewards is [B, A+1] or [B]."""
+    def add(self, key: str, traj: Trajectories, log_rewards: LogReward) -> None:
+        """Add every row of `traj` (all for query `key`); log_rewards' parts are [B, A+1] or [B]."""
         bucket = self.items.setdefault(key, [])
         seen = {tuple(it.tokens) for it in bucket}
         for row in range(len(traj)):
@@ -47,9 +65,10 @@ class ReplayBuffer:
                 continue  # exact duplicates would only skew uniform replay towards them
             seen.add(tuple(traj.tokens[row]))
             n = traj.n_actions[row]
+            values = lambda r: r[: n + 1].tolist() if r.dim() == 1 else [float(r)]
             r = log_rewards[row]
-            values = r[: n + 1].tolist() if r.dim() == 1 else [float(r)]
-            bucket.append(ReplayItem(list(traj.tokens[row]), list(traj.is_action[row]), traj.terminated[row], values))
+            bucket.append(ReplayItem(list(traj.tokens[row]), list(traj.is_action[row]), traj.terminated[row],
+                                     values(r.base), None if r.shaping is None else values(r.shaping)))
         bucket.sort(key=lambda it: it.log_reward, reverse=True)
         del bucket[self.capacity:]
 

@@ -5,11 +5,13 @@ log R(s_k) for every state k is what sub-trajectory balance needs. The reference
 forward pass per generated token for this. Here one pass per batch suffices: the sequence holds
 the context (reward prompt + sample) once, followed by one copy of Y per state, and a 4-D
 attention mask lets copy k see only the context up to s_k and itself, with position ids as if
-it came right after s_k. Methods divide by the reward temperature themselves.
+it came right after s_k. Methods temper it themselves (`LogReward.tempered`).
 
 A task with candidate observations (`choices`, e.g. one per class label) gets one copy of every
 candidate per state in the same pass (`observation_logprobs`); `choice_log_reward` turns them into
-the reward: the gold candidate's, plus the task's penalty where the base LM prefers another.
+the reward: the gold candidate's, and apart from it a shaping term, the task's penalty where the
+base LM prefers another. The shaping is added after tempering, as in the paper (SUBJ:
+log p(Z, Y | X) / T - 50), so a temperature never scales it.
 """
 from __future__ import annotations
 
@@ -18,6 +20,42 @@ from dataclasses import dataclass
 import torch
 
 from methods.engine.rollout import Trajectories
+
+
+@dataclass
+class LogReward:
+    """Untempered log R of a batch, per state [B, S] or per trajectory [B], in two parts: `base`,
+    log p_base(s, Y | reward prompt), which the reward temperature divides, and `shaping`, which
+    is added after tempering (None: the task has none)."""
+
+    base: torch.Tensor
+    shaping: torch.Tensor | None = None
+
+    def tempered(self, temperature: float) -> torch.Tensor:
+        """log R / T as the methods train on it: base / T + shaping."""
+        scaled = self.base / temperature
+        return scaled if self.shaping is None else scaled + self.shaping
+
+    @property
+    def total(self) -> torch.Tensor:
+        """log R at T = 1: base + shaping."""
+        return self.base if self.shaping is None else self.base + self.shaping
+
+    def __getitem__(self, rows) -> "LogReward":
+        return LogReward(self.base[rows], None if self.shaping is None else self.shaping[rows])
+
+    def pad(self, width: int) -> "LogReward":
+        """Per-state parts zero-padded to `width` states."""
+        pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[1]))
+        return LogReward(pad(self.base), None if self.shaping is None else pad(self.shaping))
+
+    @staticmethod
+    def concat(parts: list["LogReward"]) -> "LogReward":
+        shaped = [p.shaping is not None for p in parts]
+        if any(shaped) and not all(shaped):
+            raise ValueError("cannot concatenate log-rewards with and without shaping")
+        return LogReward(torch.cat([p.base for p in parts]),
+                         torch.cat([p.shaping for p in parts]) if all(shaped) and parts else None)
 
 
 @dataclass
@@ -150,11 +188,13 @@ def preferred_choice(choice_logp: torch.Tensor, tie_index: torch.Tensor) -> torc
 
 
 def choice_log_reward(choice_logp: torch.Tensor, gold: torch.Tensor, tie_index: torch.Tensor,
-                      penalty: float, exists: torch.Tensor) -> torch.Tensor:
-    """[B, S] log R of a task with candidates: log p(s_k, Y_gold), plus `penalty` at the states
-    whose preferred candidate is not the gold one; 0 where `exists` [B, S] is False.
+                      penalty: float, exists: torch.Tensor) -> LogReward:
+    """[B, S] log R of a task with candidates: base log p(s_k, Y_gold), shaping `penalty` at the
+    states whose preferred candidate is not the gold one; both 0 where `exists` [B, S] is False.
 
     choice_logp [B, S, C]; gold, tie_index [B] (see preferred_choice)."""
     gold_logp = choice_logp.gather(-1, gold.view(-1, 1, 1).expand(-1, choice_logp.shape[1], 1)).squeeze(-1)
     wrong = preferred_choice(choice_logp, tie_index.view(-1, 1)) != gold.view(-1, 1)
-    return torch.where(exists, gold_logp + penalty * wrong, torch.zeros_like(gold_logp))
+    zeros = torch.zeros_like(gold_logp)
+    shaping = torch.where(exists, penalty * wrong, zeros)
+    return LogReward(torch.where(exists, gold_logp, zeros), shaping)
