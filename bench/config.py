@@ -1,7 +1,8 @@
 """The run configuration and its `key=value` overrides (Hydra-style, without Hydra).
 
 A run is described by `RunConfig`: the dataclass defaults, then layers of overrides applied in
-order (scale preset < sweep YAML < command line < Optuna suggestions; see `build_config`). Keys are
+order (the task's `method_defaults` from tasks/<task>.yaml < scale preset < sweep YAML < command
+line < Optuna suggestions; see `build_config`). Keys are
 dotted paths (`train.steps`, `model.lora.r`); `task.*` and `method.*` address the Config dataclass
 of the selected task and method. Values are parsed by the field's type, and every mistake is a
 `ConfigError` whose message is one line naming the key.
@@ -274,8 +275,24 @@ def resolve_scale(scale: str) -> str:
     return "paper" if torch.cuda.is_available() else "cpu"
 
 
+def task_method_defaults(cfg: RunConfig) -> dict[str, Any]:
+    """The `method_defaults` of the selected task's YAML that the selected method's Config has, as
+    `method.<field>` keys (a task sets p_replay; ppo has none and skips it). A key that no method
+    has is an error, so that a misspelt default does not silently change nothing."""
+    defaults = task_class(cfg.task).spec.method_defaults
+    every_field = sorted({f.name for name in METHODS for f in dataclasses.fields(method_module(name).Config)})
+    for key in defaults:
+        if key not in every_field:
+            close = difflib.get_close_matches(key, every_field, n=1, cutoff=0.6)
+            raise ConfigError(f"tasks/{cfg.task}.yaml: method_defaults: unknown key {key!r} (no method has it)"
+                              + (f"; did you mean {close[0]!r}?" if close else ""))
+    own = {f.name for f in dataclasses.fields(cfg.method_cfg)}
+    return {f"method.{key}": value for key, value in defaults.items() if key in own}
+
+
 def build_config(layers: Sequence[Layer]) -> RunConfig:
-    """The RunConfig for the dataclass defaults, the scale preset and `layers` (lowest first).
+    """The RunConfig for the dataclass defaults, the task's method defaults, the scale preset and
+    `layers` (lowest first).
 
     Group choices (`task`, `method`) and the scale are decided first, over all layers, because
     they decide which keys exist and which preset sits under the layers.
@@ -301,7 +318,8 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
         profile = load_profile(cfg.slurm.profile) if cfg.launcher == "slurm" else {}
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    for source, overrides in [(f"scale {scale}", SCALES[scale]), (f"slurm/{cfg.slurm.profile}.yaml", profile), *layers]:
+    for source, overrides in [(f"tasks/{cfg.task}.yaml: method_defaults", task_method_defaults(cfg)),
+                              (f"scale {scale}", SCALES[scale]), (f"slurm/{cfg.slurm.profile}.yaml", profile), *layers]:
         for key, value in overrides.items():
             if key in chosen or key == "slurm.profile":
                 continue

@@ -50,7 +50,8 @@ def help_text(cfg: RunConfig) -> str:
         "trainer.* (processes per run)": {k: s for k, s in known.items() if k.startswith("trainer.")},
         "model.*": {k: s for k, s in known.items() if k.startswith("model.")},
         f"task.* (task={cfg.task})": {k: s for k, s in known.items() if k.startswith("task.")},
-        f"method.* (method={cfg.method}; `--help method=NAME` shows another)":
+        f"method.* (method={cfg.method}; values include tasks/{cfg.task}.yaml method_defaults; "
+        "`--help method=NAME task=NAME` shows another)":
             {k: s for k, s in known.items() if k.startswith("method.")},
     }
     scales = {name: f"{SCALE_DESCRIPTIONS[name]}: " + ", ".join(f"{k}={v}" for k, v in preset.items())

@@ -108,9 +108,10 @@ def resume_from_checkpoint(ctx: TrainContext, parts: dict[str, Stateful]) -> int
     return saved["step"] + 1
 
 
-def checkpoint_if_due(ctx: TrainContext, step: int, parts: dict[str, Stateful]) -> None:
-    """Save the state after `step` when the run's checkpoint interval (or its last step) says so."""
-    if ctx.checkpoints and ctx.checkpoints.due(step, ctx.train.steps):
+def checkpoint_if_due(ctx: TrainContext, step: int, parts: dict[str, Stateful], steps: int | None = None) -> None:
+    """Save the state after `step` when the run's checkpoint interval (or its last step) says so;
+    `steps`: the method's own number of steps when it is not train.steps (SFT's epochs)."""
+    if ctx.checkpoints and ctx.checkpoints.due(step, ctx.train.steps if steps is None else steps):
         ctx.checkpoints.save(step, capture_state(ctx.policy, parts))
 
 

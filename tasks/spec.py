@@ -2,9 +2,11 @@
 
 The fields follow lm-evaluation-harness task files: `task`, `version`, `description`, prompt
 templates, `metrics: [{name, higher_is_better}]`, plus `generation` (what the policy may emit and
-what ends a sample), `data` (where the task's files are) and `defaults` (the default of every
-field of the task's `Config`). A task module reads its file once at import; adding a task is one
-module, one YAML file and one line in `tasks/__init__.py`.
+what ends a sample), `data` (where the task's files are), `defaults` (the default of every
+field of the task's `Config`) and `method_defaults` (the paper's method settings for this task,
+e.g. its reward-temperature schedule; bench/config.py applies each to every method whose Config
+has the field, above the dataclass defaults and below the scale preset). A task module reads its
+file once at import; adding a task is one module, one YAML file and one line in `tasks/__init__.py`.
 
 Templates are `str.format` strings over an example's visible fields `{query}` and `{given}`; only
 `observation` and the optional `seed_prompt` (from which the base LM samples replay-buffer seeds,
@@ -28,7 +30,7 @@ TASKS_DIR = Path(__file__).resolve().parent
 PROMPT_FIELDS = frozenset({"query", "given"})  # what the policy and the reward prompt may show
 OBSERVATION_FIELDS = PROMPT_FIELDS | {"answer"}
 _KEYS = {"task", "version", "description", "policy_prompt", "reward_prompt", "observation",
-         "generation", "metrics", "data", "defaults", "tie_break", "seed_prompt"}
+         "generation", "metrics", "data", "defaults", "method_defaults", "tie_break", "seed_prompt"}
 _GENERATION_KEYS = {"allowed_chars", "stop_on_newline", "terminators", "banned_tokens"}
 
 
@@ -57,6 +59,7 @@ class TaskSpec:
     metrics: tuple[MetricSpec, ...]
     data: dict[str, Any]
     defaults: dict[str, Any]
+    method_defaults: dict[str, Any]  # method Config field -> this task's value (checked in bench/config.py)
     tie_break: str | None  # the answer that wins a tied majority vote
     seed_prompt: str | None  # the base LM samples replay-buffer seeds after it; None: seed from demonstrations
     path: Path
@@ -133,6 +136,15 @@ def _text_list(path: Path, value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _method_defaults(path: Path, value: Any) -> dict[str, Any]:
+    """Field -> plain value; which fields exist is the methods' business (tasks import no method)."""
+    out = _mapping(path, value, "method_defaults")
+    for key, item in out.items():
+        if not isinstance(key, str) or isinstance(item, (dict, list)) or item is None:
+            raise _error(path, f"method_defaults.{key}", f"expected a number, string or boolean, got {item!r}")
+    return out
+
+
 def parse_spec(path: Path) -> TaskSpec:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -173,6 +185,7 @@ def parse_spec(path: Path) -> TaskSpec:
         metrics=_metrics(path, raw.get("metrics")),
         data=_mapping(path, raw.get("data"), "data"),
         defaults=_mapping(path, raw.get("defaults"), "defaults"),
+        method_defaults=_method_defaults(path, raw.get("method_defaults")),
         tie_break=tie_break,
         seed_prompt=_template(path, raw, "seed_prompt", OBSERVATION_FIELDS) if "seed_prompt" in raw else None,
         path=path)

@@ -1,6 +1,7 @@
 """The baselines on the tiny model: SFT's targets and learning, k-shot prompts, best-of-N's selection."""
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import mlflow
@@ -27,7 +28,7 @@ def context(policy, task, budget=BUDGET):
 
 
 def one_demo_task():
-    """A single demonstration, so that every SFT batch is the same batch."""
+    """A single demonstration, so that every SFT batch is the same batch (of one)."""
     return ArithmeticTask(Config(n_demos=1, n_train=2, n_valid=2, n_test=2, reward_shots=1), None)
 
 
@@ -51,7 +52,7 @@ def test_sft_trains_on_the_tiny_model(tiny_policy):
 
 def test_sft_loss_decreases_on_a_fixed_batch(tiny_policy):
     ctx, logged = context(tiny_policy, one_demo_task(), dataclasses.replace(BUDGET, steps=5))
-    sft.train(ctx, sft.Config(lr=1e-2, warmup_frac=0.0))
+    sft.train(ctx, sft.Config(lr=1e-2, warmup_frac=0.0, eval_every_epochs=0))
     losses = [m["loss"] for m in logged]
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
 
@@ -78,9 +79,87 @@ def test_sft_targets_are_the_actions_and_the_stop_never_tool_tokens(tiny_policy)
             logits = tiny_policy.model(input_ids=torch.tensor([prompt + tokens[:at]])).logits[0, -1]
             logp = engine.rules.logprobs(logits, torch.tensor(k))
             total += (engine.rules.termination_logprob(logp) if tok is None else logp[tok]).item()
-    rows = BUDGET.batch_prompts * BUDGET.samples_per_prompt  # every row is the same demonstration
-    assert logged[0]["tokens"] == rows * len(targets)
+    assert logged[0]["tokens"] == len(targets)  # the batch is capped by the one demonstration
     assert logged[0]["loss"] == pytest.approx(-total / len(targets), abs=1e-4)
+
+
+def test_sft_budget_is_epochs_over_the_demonstrations_each_seen_once_per_epoch(tiny_policy):
+    """2 epochs over 4 demonstrations, 2 per step: 4 optimizer steps, each epoch a new shuffle,
+    and the warm-up sized on those 4 steps (not on train.steps, here only a cap)."""
+    task = ArithmeticTask(Config(**SMALL), None)
+    queries = sorted(ex.query for ex in task.demonstrations())
+    assert len(set(queries)) == 4
+    ctx, logged = context(tiny_policy, task, dataclasses.replace(BUDGET, steps=100))
+    seen, demonstrations = [], ctx.engine.demonstrations
+    ctx.engine.demonstrations = lambda examples: seen.append([ex.query for ex in examples]) or demonstrations(examples)
+    cfg = sft.Config(lr=1e-3, epochs=2, batch_size=2, eval_every_epochs=0, warmup_frac=0.5)
+    sft.train(ctx, cfg)
+    assert len(logged) == 4 and [len(batch) for batch in seen] == [2, 2, 2, 2]
+    assert sorted(seen[0] + seen[1]) == queries == sorted(seen[2] + seen[3])
+    assert seen[0] + seen[1] != seen[2] + seen[3]  # a new order in the second epoch
+    assert logged[0]["lr"] == pytest.approx(cfg.lr)  # warm-up of 0.5 * 4 = 2 steps: full rate after the first
+    assert [m["epoch"] for m in logged] == [0.5, 1.0, 1.5, 2.0]
+
+
+def test_sft_steps_are_capped_by_train_steps_and_the_batch_by_the_demonstrations(tiny_policy):
+    task = ArithmeticTask(Config(**SMALL), None)
+    ctx, logged = context(tiny_policy, task, dataclasses.replace(BUDGET, steps=3))
+    sft.train(ctx, sft.Config(epochs=20, batch_size=64, eval_every_epochs=0))
+    assert len(logged) == 3 and [m["epoch"] for m in logged] == [1.0, 2.0, 3.0]  # 4 demonstrations a step
+    assert sft.optimizer_steps(sft.Config(epochs=2.5, batch_size=8), n_demos=50, cap=1000) == 16  # ceil(125 / 8)
+
+
+@pytest.mark.parametrize("metric,values,best", [
+    ("auto", [0.75, 0.5, 0.25, 0.5], 0),  # arithmetic reports accuracy: higher is better
+    ("forward_tokens", [3.0, 2.0, 1.0, 2.0], 2),  # lower is better
+])
+def test_sft_returns_the_adapter_of_its_best_validation(tiny_policy, metric, values, best):
+    task = ArithmeticTask(Config(**SMALL), None)
+    ctx, logged = context(tiny_policy, task, dataclasses.replace(BUDGET, steps=100))
+    scripted, evaluated = iter(values), []
+
+    def evaluate(step):
+        evaluated.append((step, snapshot(tiny_policy)))
+        value = next(scripted)
+        return {"valid/accuracy": value if metric == "auto" else 0.0, "valid/forward_tokens": value}
+
+    ctx.evaluate = evaluate
+    # 2 steps an epoch, 8 steps: evaluations after epochs 1, 2, 3 and at the end.
+    sft.train(ctx, sft.Config(lr=1e-2, epochs=4, batch_size=2, eval_every_epochs=1, warmup_frac=0.0,
+                              select_metric=metric))
+    assert [step for step, _ in evaluated] == [2, 4, 6, 8]
+    best_step, best_weights = evaluated[best]
+    assert moved(tiny_policy, evaluated[-1][1]) > 0  # training moved the weights after the best
+    assert moved(tiny_policy, best_weights) == 0
+    assert (logged[-1]["best_step"], logged[-1]["best_valid"]) == (best_step, values[best])
+    assert "best_step" not in logged[0]
+
+
+def test_sft_without_evaluation_keeps_the_last_adapter_and_evaluates_nothing(tiny_policy):
+    ctx, logged = context(tiny_policy, ArithmeticTask(Config(**SMALL), None), dataclasses.replace(BUDGET, steps=100))
+    ctx.evaluate = lambda step: pytest.fail("evaluated with eval_every_epochs=0")
+    sft.train(ctx, sft.Config(epochs=2, batch_size=2, eval_every_epochs=0))
+    assert logged[-1]["best_step"] == 4 and "best_valid" not in logged[-1]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"epochs": 0.0}, "method.epochs must be positive"),
+    ({"batch_size": 0}, "method.batch_size must be at least 1"),
+    ({"eval_every_epochs": -1.0}, "method.eval_every_epochs must be 0"),
+    ({"select_metric": "bleu4"}, "method.select_metric='bleu4' is not a metric of task arithmetic"),
+    ({"select_metric": "sample_length"}, "method.select_metric='sample_length' has no better direction"),
+])
+def test_sft_refuses_bad_settings_in_one_line(overrides, message):
+    task = ArithmeticTask(Config(**SMALL), None)
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        sft.check(sft.Config(**overrides), task)
+    assert "\n" not in str(err.value)
+
+
+def test_sft_needs_its_metric_in_the_validation_results(tiny_policy):
+    ctx, _ = context(tiny_policy, ArithmeticTask(Config(**SMALL), None), dataclasses.replace(BUDGET, steps=100))
+    with pytest.raises(ValueError, match=r"validation reported no valid/accuracy"):
+        sft.train(ctx, sft.Config(epochs=2, batch_size=2, eval_every_epochs=1))
 
 
 def test_sft_needs_demonstrations(tiny_policy):

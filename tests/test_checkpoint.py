@@ -24,6 +24,12 @@ class Crash(Exception):
     pass
 
 
+def scripted_validation(step):
+    """Validation metrics by step: SFT evaluates after steps 2, 4 and 6 (every 2 epochs of one
+    step), and the best, after step 4, comes before the crash of the tests below."""
+    return {"valid/accuracy": 0.9 if step == 4 else 0.5}
+
+
 def run(method, overrides, checkpoints=None, seed=0, crash_at=None, budget=BUDGET):
     """Train a fresh tiny policy; the logged (step, metrics), and the policy. `crash_at`: raise
     from log_metrics at that step, as a preempted job would die mid-run."""
@@ -41,7 +47,7 @@ def run(method, overrides, checkpoints=None, seed=0, crash_at=None, budget=BUDGE
         logged.append((step, metrics))
 
     ctx = TrainContext(policy, task, Engine(policy, task, budget.batch_size), budget, seed=seed,
-                       log_metrics=log_metrics, evaluate=lambda step: {}, checkpoints=checkpoints)
+                       log_metrics=log_metrics, evaluate=scripted_validation, checkpoints=checkpoints)
     module = method_module(method)
     cfg = module.Config(**overrides)
     cfg.warmup_frac = 0.5  # the learning rate still moves across the checkpoint: the schedule must resume
@@ -65,6 +71,17 @@ def test_resumed_run_repeats_the_uninterrupted_one(tmp_path, method, overrides):
     resumed, _ = run(method, overrides, Checkpointer(tmp_path, every=2), seed=12345)
     assert [step for step, _ in resumed] == [4, 5]  # continues after the checkpoint of step 3
     assert [m for _, m in resumed] == [pytest.approx(m, abs=1e-6, rel=0) for _, m in straight[4:]]
+
+
+def test_sft_resume_keeps_the_best_adapter_found_before_the_stop(tmp_path):
+    """The best adapter (after step 4) is in the checkpoint: the resumed run, whose own
+    evaluation after step 6 is worse, still ends with it."""
+    straight, trained = run("sft", {})
+    run("sft", {}, Checkpointer(tmp_path, every=2), crash_at=4)
+    resumed, policy = run("sft", {}, Checkpointer(tmp_path, every=2), seed=12345)
+    assert straight[-1][1]["best_step"] == resumed[-1][1]["best_step"] == 4
+    for p, q in zip(trained.trainable_parameters(), policy.trainable_parameters()):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0)
 
 
 def test_gfn_resume_restores_the_replay_buffer(tmp_path):

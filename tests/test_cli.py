@@ -39,3 +39,11 @@ def test_help_lists_sweeps_methods_tasks(tmp_path):
                      "paper", "train.steps", "model.lora.r", "method.kl_coef", "task.n_train"):
         assert expected in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_help_shows_the_tasks_method_defaults(tmp_path):
+    result = bench_run("--help", "task=subj", "method=gfn_tb", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "values include tasks/subj.yaml method_defaults" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("method.reward_temp_start "))
+    assert "float = 1.2 " in line

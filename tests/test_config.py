@@ -70,6 +70,41 @@ def test_precedence_defaults_scale_sweep_cli_trial():
     assert cfg.method_cfg.lr == 2e-5  # an Optuna suggestion beats the command line
 
 
+def test_task_yaml_sets_the_paper_method_defaults_of_its_task():
+    gfn = cli("method=gfn_tb", "task=subj").method_cfg
+    assert (gfn.reward_temp_start, gfn.reward_temp_end, gfn.reward_temp_horizon_frac) == (1.2, 1.0, 0.15)
+    assert (gfn.p_replay, gfn.p_tempered, gfn.buffer_size, gfn.warmup_frac) == (0.5, 0.25, 100, 0.1)
+    # ppo has the schedule and the warm-up, and no replay buffer: those keys are skipped for it.
+    ppo = cli("method=ppo", "task=subj").method_cfg
+    assert (ppo.reward_temp_start, ppo.reward_temp_end, ppo.reward_temp_horizon_frac, ppo.warmup_frac) == (1.2, 1.0, 0.15, 0.1)
+    continuation = cli("method=gfn_tb", "task=continuation").method_cfg
+    assert (continuation.reward_temp_start, continuation.reward_temp_end, continuation.reward_temp_horizon_frac,
+            continuation.p_replay, continuation.p_tempered) == (1.0, 0.8, 0.375, 0.25, 0.5)
+    infilling = cli("method=gfn_tb", "task=infilling").method_cfg
+    assert (infilling.reward_temp_start, infilling.reward_temp_end, infilling.reward_temp_horizon_frac) == (1.1, 0.85, 0.05)
+
+
+def test_task_method_defaults_sit_below_scale_sweep_and_command_line(monkeypatch):
+    assert cli("task=subj", "method.reward_temp_start=1.5").method_cfg.reward_temp_start == 1.5
+    monkeypatch.setitem(SCALES["smoke"], "method.p_replay", 0.9)
+    assert cli("task=subj", "scale=smoke").method_cfg.p_replay == 0.9
+    cfg = build_config([("sweeps/x.yaml: base", {"task": "subj", "method.buffer_size": 7})])
+    assert (cfg.method_cfg.buffer_size, cfg.method_cfg.p_replay) == (7, 0.5)
+
+
+def test_an_unknown_key_in_a_tasks_method_defaults_is_an_error(monkeypatch):
+    subj = task_class("subj")
+    spec = dataclasses.replace(subj.spec, method_defaults={**subj.spec.method_defaults, "p_replai": 0.5})
+    monkeypatch.setattr(subj, "spec", spec)
+    with pytest.raises(ConfigError) as err:
+        cli("task=subj", "method=sft")
+    assert str(err.value) == ("tasks/subj.yaml: method_defaults: unknown key 'p_replai' (no method has it); "
+                              "did you mean 'p_replay'?")
+    monkeypatch.setattr(subj, "spec", dataclasses.replace(spec, method_defaults={"p_replay": "often"}))
+    with pytest.raises(ConfigError, match=r"^tasks/subj.yaml: method_defaults: method.p_replay: expected float"):
+        cli("task=subj")
+
+
 def test_auto_scale_is_resolved():
     assert cli().scale == "cpu"  # the tests run without a GPU
 

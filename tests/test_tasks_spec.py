@@ -63,6 +63,8 @@ def test_a_prompt_that_shows_the_answer_is_rejected(tmp_path, key):
     (("stop_on_newline: true", "stop_on_newline: true, stop: [x]"), "generation: unknown key stop"),
     (("higher_is_better: true", "higher_is_better: yes please"), "metrics\\[0\\]"),
     (('observation: " A: {{answer}}."', 'observation: " A: {{label}}."'), "observation: uses label"),
+    (("defaults: {{}}", "defaults: {{}}\nmethod_defaults: [p_replay]"), "method_defaults: expected a mapping"),
+    (("defaults: {{}}", "defaults: {{}}\nmethod_defaults: {{p_replay: [0.5]}}"), "method_defaults.p_replay: expected a"),
 ])
 def test_malformed_files_name_the_file_and_key(tmp_path, change, message):
     with pytest.raises(TaskSpecError, match=f"toy.yaml: .*{message}"):
@@ -86,3 +88,9 @@ def test_the_seed_prompt_may_show_the_answer_and_is_optional(tmp_path):
     assert render(spec.seed_prompt, Example("x", "y")) == "Q: x is y because"
     with pytest.raises(TaskSpecError, match="seed_prompt: uses nope"):
         parse_spec(write(tmp_path, VALID + 'seed_prompt: "{{nope}}"\n'))
+
+
+def test_method_defaults_are_read_as_given(tmp_path):
+    spec = parse_spec(write(tmp_path, VALID.replace("defaults: {{}}", "defaults: {{}}\nmethod_defaults: {{p_replay: 0.5, buffer_size: 100}}")))
+    assert spec.method_defaults == {"p_replay": 0.5, "buffer_size": 100}
+    assert parse_spec(write(tmp_path, VALID)).method_defaults == {}
