@@ -120,6 +120,23 @@ def test_prompting_changes_only_the_evaluated_prompts(tiny_policy):
     assert 0.0 <= result.metrics["accuracy"] <= 1.0
 
 
+def test_evaluation_counts_an_unparsable_sample_as_a_vote_for_no_answer(tiny_policy, monkeypatch):
+    """Known votes per query: the gold answer wins only with more votes than "no answer" (None)."""
+    task = ArithmeticTask(Config(**SMALL), None)
+    engine = Engine(tiny_policy, task, batch_size=8)
+    queries = task.validation_examples()[:4]
+    gold = [ex.answer for ex in queries]
+    wrong = str(int(gold[3]) + 1)
+    votes = [[gold[0], None, None],   # "no answer" wins: wrong
+             [gold[1], gold[1], None],  # the answer wins: right
+             [None, gold[2], None],     # wrong
+             [gold[3], None, wrong]]    # a three-way tie: "no answer", wrong
+    monkeypatch.setattr(engine, "answers", lambda traj, examples: [a for query in votes for a in query])
+    result = evaluate(engine, queries, samples=3, temperature=1.0)
+    assert [row["vote"] for row in result.rows] == [None, gold[1], None, None]
+    assert result.metrics["accuracy"] == 0.25
+
+
 # --- best-of-N -----------------------------------------------------------------------------------
 
 @pytest.fixture
