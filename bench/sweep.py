@@ -26,7 +26,9 @@ A sweep is `sweeps/<name>.yaml`:
       seeds: [0, 1]                                       # or per scale: {cpu: [0, 1], paper: [0, 1, 2]}
 
 Layers, lowest first: scale preset < `base` < `tasks.<task>` < the entry's `fixed` < command line <
-suggestions. `method=NAME` on the command line runs only the entries named NAME or using method NAME;
+suggestions. An entry names a key in `fixed` or in `search`, never both (an error: the fixed value
+would be silently ignored). `base` and `tasks.<task>` may set a key an entry searches: they hold
+every entry's value, which that entry's trials replace. `method=NAME` on the command line runs only the entries named NAME or using method NAME;
 `trials=N` gives every entry a budget of N trials.
 
 Each entry has its own study `<sweep>.<entry>`, kept in `<run_dir>/<sweep>/optuna.journal`.
@@ -269,6 +271,10 @@ def load_spec(name: str) -> SweepSpec:
         for key in [*fixed, *search]:
             if sweep_wide(key) or key == "method":
                 raise read.error(where, f"'{key}' is a setting of the whole sweep, not of one method")
+        # A searched key's value is the trial's: a fixed value beside it would be silently ignored.
+        both = sorted(set(fixed) & set(search))
+        if both:
+            raise read.error(where, f"names {', '.join(both)} in both fixed and search; keep one")
         params = tuple(read.search_param(key, item, f"{where}.search.{key}") for key, item in search.items())
         methods[label] = MethodSpec(label, method, trials, fixed, params)
     if not methods:

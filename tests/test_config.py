@@ -179,6 +179,11 @@ final: {seeds: [0]}
     (("seeds: [0]", "seeds: []"), "final.seeds: expected a non-empty list of integer seeds"),
     (("methods:", "base: {run_dir: x, method: ppo}\nmethods:"), "sweeps/t.yaml: base: 'method' cannot be set here"),
     (("description: test", "description: [oops"), "sweeps/t.yaml: invalid YAML"),
+    (("    search:", "    fixed: {method.lr: 1.0e-4}\n    search:"),
+     "sweeps/t.yaml: methods.gfn_tb: names method.lr in both fixed and search; keep one"),
+    (("    search:", "    fixed: {method.lr: {cpu: 1.0e-4}, method.loss: tb}\n    search:\n"
+                     "      method.loss: {type: categorical, choices: [tb, subtb]}"),
+     "sweeps/t.yaml: methods.gfn_tb: names method.loss, method.lr in both fixed and search; keep one"),
 ])
 def test_sweep_file_errors(sweeps_dir, replace, message):
     (sweeps_dir / "t.yaml").write_text(GOOD.replace(*replace))
@@ -186,6 +191,23 @@ def test_sweep_file_errors(sweeps_dir, replace, message):
         plan_sweep({"sweep": "t"})
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_every_shipped_sweep_plans_at_every_scale(shared_data, tmp_path):
+    for name in sweep_names():
+        for scale in ("smoke", "cpu", "paper"):
+            plan = plan_sweep({"sweep": name, "scale": scale, "data_dir": str(shared_data),
+                               "run_dir": str(tmp_path / "runs")})
+            assert plan.methods and plan.cfg.scale == scale, (name, scale)
+
+
+def test_shared_layers_may_set_a_key_an_entry_searches(sweeps_dir):
+    """base and tasks.<task> hold every entry's value; an entry's search replaces it in its trials."""
+    (sweeps_dir / "t.yaml").write_text(GOOD.replace("methods:", "base: {method.lr: 2.0e-4}\n"
+                                                    "tasks: {arithmetic: {method.lr: 3.0e-4}}\nmethods:"))
+    plan = plan_sweep({"sweep": "t"})
+    assert plan.methods[0].config.method_cfg.lr == 3.0e-4
+    assert plan.methods[0].config_for(("trial", {"method.lr": 1e-5})).method_cfg.lr == 1e-5
 
 
 def test_good_sweep_file(sweeps_dir):
