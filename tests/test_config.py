@@ -175,7 +175,7 @@ final: {seeds: [0]}
     (("method.lr:", "method.lrr:"), "methods.gfn_tb.search.method.lrr: unknown key 'method.lrr'; did you mean 'method.lr'?"),
     (("method.lr:", "method.seed_buffer:"), "methods.gfn_tb.search.method.seed_buffer: method.seed_buffer: expected bool"),
     (("{cpu: 3}", "{paper: 3}"), "sweeps/t.yaml: methods.gfn_tb.trials: no value for scale 'cpu'"),
-    (("{cpu: 3}", "0"), "methods.gfn_tb.trials: expected a positive integer"),
+    (("{cpu: 3}", "-1"), "methods.gfn_tb.trials: expected a non-negative integer"),
     (("seeds: [0]", "seeds: []"), "final.seeds: expected a non-empty list of integer seeds"),
     (("methods:", "base: {run_dir: x, method: ppo}\nmethods:"), "sweeps/t.yaml: base: 'method' cannot be set here"),
     (("description: test", "description: [oops"), "sweeps/t.yaml: invalid YAML"),
@@ -215,3 +215,13 @@ def test_good_sweep_file(sweeps_dir):
     plan = plan_sweep({"sweep": "t"})
     assert plan.spec.direction == "maximize"  # from the metric's higher_is_better
     assert plan.methods[0].trials == 3
+
+
+def test_trials_0_plans_an_untuned_entry(sweeps_dir):
+    (sweeps_dir / "t.yaml").write_text(GOOD.replace("{cpu: 3}", "{cpu: 0, paper: 20}"))
+    assert [m.trials for m in plan_sweep({"sweep": "t"}).methods] == [0]
+    assert [m.trials for m in plan_sweep({"sweep": "t", "scale": "paper"}).methods] == [20]
+    (sweeps_dir / "t.yaml").write_text(GOOD)
+    assert [m.trials for m in plan_sweep({"sweep": "t", "trials": "0"}).methods] == [0]
+    with pytest.raises(ConfigError, match="^trials: expected at least 0, got -1$"):
+        plan_sweep({"sweep": "t", "trials": "-1"})
