@@ -12,7 +12,7 @@ A sweep is `sweeps/<name>.yaml`:
     objective: {metric: valid/accuracy, direction: maximize}
     methods:                                              # the leaderboard's rows
       gfn_tb:
-        trials: 2                                         # or per scale: {cpu: 2, paper: 20}
+        trials: 2                                         # or per scale: {smoke: 1, cpu: 0, paper: 20}
         fixed: {method.loss: tb}                          # overrides for this entry's runs
         search:                                           # Optuna search space
           method.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
@@ -26,8 +26,17 @@ A sweep is `sweeps/<name>.yaml`:
       seeds: [0, 1]                                       # or per scale: {cpu: [0, 1], paper: [0, 1, 2]}
 
 Layers, lowest first: scale preset < `base` < `tasks.<task>` < the entry's `fixed` < command line <
-suggestions. `method=NAME` on the command line runs only the entries named NAME or using method NAME;
-`trials=N` gives every entry a budget of N trials.
+suggestions. `method=NAME` on the command line runs only the entries named NAME or using method
+NAME; `trials=N` gives every entry a budget of N trials.
+
+An entry names a key in `fixed` or in `search`, never both (an error: the fixed value would be
+silently ignored). `base` and `tasks.<task>` may set a key an entry searches: they hold every
+entry's value, which that entry's trials replace.
+
+`trials: 0` (at a scale, or `trials=0` for every entry) means no tuning: no trial runs for that
+entry, and its finals use its layers as they stand, without suggestions, so a searched key keeps
+the value from below the search (the method's default, or `base`, `tasks.<task>`, the command
+line). Such finals are tagged `trial=untuned`, and the leaderboard lists the entry as untuned.
 
 Each entry has its own study `<sweep>.<entry>`, kept in `<run_dir>/<sweep>/optuna.journal`.
 Trials are pulled from the studies by `max_parallel` workers (bench/worker.py: local subprocesses
@@ -263,12 +272,16 @@ def load_spec(name: str) -> SweepSpec:
         if "." in label or "/" in label:
             raise read.error(where, f"entry name '{label}' may not hold '.' or '/'")
         trials = read.by_scale(spec["trials"], f"{where}.trials",
-                               lambda n: type(n) is int and n >= 1, "a positive integer")
+                               lambda n: type(n) is int and n >= 0, "a non-negative integer")
         fixed = read.overrides(spec.get("fixed"), f"{where}.fixed")
         search = read.mapping(spec.get("search"), f"{where}.search")
         for key in [*fixed, *search]:
             if sweep_wide(key) or key == "method":
                 raise read.error(where, f"'{key}' is a setting of the whole sweep, not of one method")
+        # A searched key's value is the trial's: a fixed value beside it would be silently ignored.
+        both = sorted(set(fixed) & set(search))
+        if both:
+            raise read.error(where, f"names {', '.join(both)} in both fixed and search; keep one")
         params = tuple(read.search_param(key, item, f"{where}.search.{key}") for key, item in search.items())
         methods[label] = MethodSpec(label, method, trials, fixed, params)
     if not methods:
@@ -337,8 +350,8 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
     trials_everywhere = cli.pop("trials", None)
     if trials_everywhere is not None:
         trials_everywhere = convert("trials", trials_everywhere, int)
-        if trials_everywhere < 1:
-            raise ConfigError(f"trials: expected at least 1, got {trials_everywhere}")
+        if trials_everywhere < 0:
+            raise ConfigError(f"trials: expected at least 0, got {trials_everywhere}")
     entries = list(spec.methods)
     if only is not None:
         entries = [label for label, entry in spec.methods.items() if only in (label, entry.method)]
@@ -376,7 +389,8 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
                     convert(param.key, value, known[param.key].type)
                 except ConfigError as err:
                     raise read.error(where, str(err)) from None
-        trials = trials_everywhere or _for_scale(mspec.trials, scale, read, f"methods.{label}.trials")
+        trials = (trials_everywhere if trials_everywhere is not None
+                  else _for_scale(mspec.trials, scale, read, f"methods.{label}.trials"))
         plans.append(MethodPlan(label, layers, config, trials, mspec.search))
     seeds = _for_scale(spec.seeds, scale, read, "final.seeds")
     plan = SweepPlan(spec, plans[0].config, plans, seeds, overrides)
@@ -512,7 +526,7 @@ def _open_study(plan: SweepPlan, method: MethodPlan, storage) -> optuna.Study:
 
 def run_sweep(plan: SweepPlan) -> int:
     """Tune, run the finals, write the leaderboard. Returns the exit status: 0, or 1 when a
-    method has no completed trial or a final run failed."""
+    tuned entry (trials > 0) has no completed trial or a final run failed."""
     cfg = plan.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from us
     with tracking.serve(cfg.run_dir) if cfg.mlflow_server else contextlib.nullcontext():
@@ -563,7 +577,7 @@ def _run_sweep(plan: SweepPlan) -> int:
     print(board.markdown)
     print(f"\nleaderboard: {path}")
     print(f"runs: {tracking.ui_hint(uri)}")
-    missing = [m.name for m in plan.methods if m.name not in best]
+    missing = [m.name for m in plan.methods if m.trials > 0 and m.name not in best]
     if missing:
         print(f"no completed trial for: {', '.join(missing)}")
     return 1 if missing or failures else 0
@@ -629,11 +643,16 @@ def _watch(plan: SweepPlan, studies: dict[str, optuna.Study], budgets: dict[str,
 
 POLL_S = 2.0
 WORKER_ROUNDS = 3
+# The `trial` tag of an untuned entry's final runs, and its parent-run param `best/<entry>`.
+UNTUNED = "untuned"
+UNTUNED_PARAM = "untuned (trials: 0)"
 
 
 def _claimable(studies: dict[str, optuna.Study], budgets: dict[str, int]) -> bool:
     """Whether a new worker would find a trial to run now (not only stale ones to wait for)."""
     for entry, study in studies.items():
+        if budgets[entry] == 0:  # untuned: not even a retry left waiting by an earlier budget
+            continue
         running, waiting = worker.open_trials(study)
         if waiting or worker.counted(study) + len(running) < budgets[entry]:
             return True
@@ -674,9 +693,16 @@ def _record_jobs(plan: SweepPlan, jobs: list[submitit.Job]) -> None:
 
 def _best_trials(plan: SweepPlan, studies: dict[str, optuna.Study], client: mlflow.MlflowClient,
                  parent_id: str, bar: tqdm) -> dict[str, optuna.trial.FrozenTrial]:
+    """Each tuned entry's best trial; an entry with trials 0 is recorded as untuned (even when its
+    study holds trials from an earlier invocation with a budget: 0 means no tuning)."""
     best = {}
     for method in plan.methods:
         study = studies[method.name]
+        if method.trials == 0:
+            client.log_param(parent_id, f"best/{method.name}", UNTUNED_PARAM)
+            bar.write(f"{method.name}: untuned (trials 0): its finals use the entry's settings "
+                      f"and, for searched keys, the values below the search")
+            continue
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             continue
         best[method.name] = study.best_trial
@@ -703,16 +729,20 @@ def _run_finals(plan: SweepPlan, best: dict[str, optuna.trial.FrozenTrial], pool
 
     def jobs() -> Iterator[_Job]:
         for method in plan.methods:
-            if method.name not in best:
+            if method.trials == 0:  # untuned: the entry's own layers, no suggestions
+                tuned, trial_number = [], UNTUNED
+            elif method.name in best:
+                trial = best[method.name]
+                tuned = [(f"optuna trial {trial.number}", trial.params)]
+                trial_number = trial.user_attrs.get(worker.LINEAGE, trial.number)
+            else:
                 continue
-            trial = best[method.name]
             for seed in plan.seeds:
                 label = f"{method.name} final seed {seed}"
-                cfg = method.config_for((f"optuna trial {trial.number}", trial.params), ("final", {"seed": seed}))
+                cfg = method.config_for(*tuned, ("final", {"seed": seed}))
                 run = FinalRun(cfg, plan.folder / "finals" / parent_id / f"{method.name}-seed{seed}",
                                {"stage": "final", "parent_run_id": parent_id, "entry": method.name,
-                                "trial_number": trial.user_attrs.get(worker.LINEAGE, trial.number),
-                                "evaluate_test": True})
+                                "trial_number": trial_number, "evaluate_test": True})
                 yield _Job(run, on_result=done(label), on_error=failed(label))
 
     pool.run(jobs())

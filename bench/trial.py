@@ -56,8 +56,9 @@ def _weighted_means(results: list[tuple[int, dict[str, float]]]) -> dict[str, fl
             for key in results[0][1]} if total else {}
 
 
-def run_tags(cfg: RunConfig, stage: str, trial_number: int | None, entry: str | None = None) -> dict[str, str]:
-    """`entry` is the sweep row a run belongs to (by default its method)."""
+def run_tags(cfg: RunConfig, stage: str, trial_number: int | str | None, entry: str | None = None) -> dict[str, str]:
+    """`entry` is the sweep row a run belongs to (by default its method); `trial_number` is the
+    Optuna trial a run tunes or re-runs, or "untuned" for the final of an entry with trials 0."""
     sha, dirty = tracking.git_sha()
     return {
         "method": cfg.method, "entry": entry or cfg.method, "task": cfg.task, "model": cfg.model.name or cfg.model.gguf or cfg.model.preset,
@@ -68,7 +69,7 @@ def run_tags(cfg: RunConfig, stage: str, trial_number: int | None, entry: str | 
 
 
 def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | None = None,
-              trial_number: int | None = None, evaluate_test: bool = True, entry: str | None = None,
+              trial_number: int | str | None = None, evaluate_test: bool = True, entry: str | None = None,
               run_id: str | None = None, checkpoint_dir: Path | None = None,
               on_run_started: Callable[[str], None] | None = None) -> dict[str, float]:
     """Train `cfg.method` on `cfg.task`, evaluate, record everything; return the final metrics.
@@ -81,7 +82,8 @@ def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | Non
     """
     started = time.monotonic()
     experiment_id = tracking.ensure_experiment(cfg)
-    name = f"{entry or cfg.method}-seed{cfg.seed}" + ("" if trial_number is None else f"-trial{trial_number}")
+    name = f"{entry or cfg.method}-seed{cfg.seed}" + (
+        "" if trial_number is None else f"-trial{trial_number}" if isinstance(trial_number, int) else f"-{trial_number}")
     if run_id is None:
         tags = run_tags(cfg, stage, trial_number, entry)
         if parent_run_id:

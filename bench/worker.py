@@ -110,6 +110,8 @@ def claim(folder: Path, studies: dict[str, optuna.Study], budgets: dict[str, int
     with locked(claims_lock(folder)):
         for entry, study in studies.items():
             fail_stale(folder, study, live, tracking_uri)
+            if budgets[entry] == 0:  # untuned (trials 0): not even a retry left by an earlier budget
+                continue
             running, waiting = open_trials(study)
             if waiting or counted(study) + len(running) < budgets[entry]:
                 trial = study.ask()  # Optuna hands out the oldest waiting (enqueued) trial first

@@ -195,8 +195,36 @@ def test_prompting_changes_only_the_evaluated_prompts(tiny_policy):
     assert shown.endswith(task.policy_prompt(ex)) and shown.count("Question:") == 3
     assert ctx.engine.prompt_ids(ex) == ctx.engine.tokenizer(shown).input_ids
     assert ctx.engine.task.reward_prompt(ex) == task.reward_prompt(ex)
-    result = evaluate(ctx.engine, task.validation_examples()[:2], samples=2, temperature=1.0)
-    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+    queries = task.validation_examples()[:2]
+    result = evaluate(ctx.engine, queries, samples=2, temperature=1.0)
+    # A slow recount: the evaluation's draws (its own generator, seed 0) from the k-shot prompts,
+    # voted by hand: two samples agree on a parsed answer, or the first wins a tie of two answers;
+    # an unparsed one ties with the other, and "no answer" wins that tie.
+    repeated = [ex for ex in queries for _ in range(2)]
+    traj = ctx.engine.sample(repeated, [1.0] * 4, torch.Generator(device=tiny_policy.device).manual_seed(0))
+    texts = ctx.engine.texts(traj)
+    assert [row["sample"] for row in result.rows] == texts[::2]
+    answers = [ctx.engine.task.extract_answer(text) for text in texts]
+    votes = [None if None in answers[2 * q:2 * q + 2] else answers[2 * q] for q in range(2)]
+    assert [row["vote"] for row in result.rows] == votes
+    assert result.metrics["accuracy"] == sum(v == ex.answer for v, ex in zip(votes, queries)) / 2
+
+
+def test_evaluation_counts_an_unparsable_sample_as_a_vote_for_no_answer(tiny_policy, monkeypatch):
+    """Known votes per query: the gold answer wins only with more votes than "no answer" (None)."""
+    task = ArithmeticTask(Config(**SMALL), None)
+    engine = Engine(tiny_policy, task, batch_size=8)
+    queries = task.validation_examples()[:4]
+    gold = [ex.answer for ex in queries]
+    wrong = str(int(gold[3]) + 1)
+    votes = [[gold[0], None, None],   # "no answer" wins: wrong
+             [gold[1], gold[1], None],  # the answer wins: right
+             [None, gold[2], None],     # wrong
+             [gold[3], None, wrong]]    # a three-way tie: "no answer", wrong
+    monkeypatch.setattr(engine, "answers", lambda traj, examples: [a for query in votes for a in query])
+    result = evaluate(engine, queries, samples=3, temperature=1.0)
+    assert [row["vote"] for row in result.rows] == [None, gold[1], None, None]
+    assert result.metrics["accuracy"] == 0.25
 
 
 # --- best-of-N -----------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+import bench.config
+import bench.run
+import bench.sweep
 from bench.config import sweep_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,3 +50,31 @@ def test_help_shows_the_tasks_method_defaults(tmp_path):
     assert "values include tasks/subj.yaml method_defaults" in result.stdout
     line = next(line for line in result.stdout.splitlines() if line.strip().startswith("method.reward_temp_start "))
     assert "float = 1.2 " in line
+
+
+CONFLICT = """\
+description: an entry that fixes and searches the same key
+base: {model: tiny}
+objective: {metric: valid/accuracy}
+methods:
+  gfn_tb:
+    trials: 1
+    fixed: {method.loss: subtb}
+    search:
+      method.loss: {type: categorical, choices: [subtb, tb]}
+final: {seeds: [0]}
+"""
+
+
+def test_a_key_both_fixed_and_searched_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    """In this process, to read the sweep from tmp_path: the same main() as `python -m bench.run`."""
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    (sweeps / "conflict.yaml").write_text(CONFLICT)
+    monkeypatch.setattr(bench.config, "SWEEPS_DIR", sweeps)
+    monkeypatch.setattr(bench.sweep, "SWEEPS_DIR", sweeps)
+    monkeypatch.chdir(tmp_path)
+    assert bench.run.main(["sweep=conflict", "run_dir=runs", "results_dir=results"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: sweeps/conflict.yaml: methods.gfn_tb: names method.loss in both fixed and search; keep one"]
+    assert [p.name for p in tmp_path.iterdir()] == ["sweeps"]

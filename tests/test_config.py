@@ -210,10 +210,15 @@ final: {seeds: [0]}
     (("method.lr:", "method.lrr:"), "methods.gfn_tb.search.method.lrr: unknown key 'method.lrr'; did you mean 'method.lr'?"),
     (("method.lr:", "method.seed_buffer:"), "methods.gfn_tb.search.method.seed_buffer: method.seed_buffer: expected bool"),
     (("{cpu: 3}", "{paper: 3}"), "sweeps/t.yaml: methods.gfn_tb.trials: no value for scale 'cpu'"),
-    (("{cpu: 3}", "0"), "methods.gfn_tb.trials: expected a positive integer"),
+    (("{cpu: 3}", "-1"), "methods.gfn_tb.trials: expected a non-negative integer"),
     (("seeds: [0]", "seeds: []"), "final.seeds: expected a non-empty list of integer seeds"),
     (("methods:", "base: {run_dir: x, method: ppo}\nmethods:"), "sweeps/t.yaml: base: 'method' cannot be set here"),
     (("description: test", "description: [oops"), "sweeps/t.yaml: invalid YAML"),
+    (("    search:", "    fixed: {method.lr: 1.0e-4}\n    search:"),
+     "sweeps/t.yaml: methods.gfn_tb: names method.lr in both fixed and search; keep one"),
+    (("    search:", "    fixed: {method.lr: {cpu: 1.0e-4}, method.loss: tb}\n    search:\n"
+                     "      method.loss: {type: categorical, choices: [tb, subtb]}"),
+     "sweeps/t.yaml: methods.gfn_tb: names method.loss, method.lr in both fixed and search; keep one"),
 ])
 def test_sweep_file_errors(sweeps_dir, replace, message):
     (sweeps_dir / "t.yaml").write_text(GOOD.replace(*replace))
@@ -223,8 +228,35 @@ def test_sweep_file_errors(sweeps_dir, replace, message):
     assert "\n" not in str(err.value)
 
 
+def test_every_shipped_sweep_plans_at_every_scale(shared_data, tmp_path):
+    for name in sweep_names():
+        for scale in ("smoke", "cpu", "paper"):
+            plan = plan_sweep({"sweep": name, "scale": scale, "data_dir": str(shared_data),
+                               "run_dir": str(tmp_path / "runs")})
+            assert plan.methods and plan.cfg.scale == scale, (name, scale)
+
+
+def test_shared_layers_may_set_a_key_an_entry_searches(sweeps_dir):
+    """base and tasks.<task> hold every entry's value; an entry's search replaces it in its trials."""
+    (sweeps_dir / "t.yaml").write_text(GOOD.replace("methods:", "base: {method.lr: 2.0e-4}\n"
+                                                    "tasks: {arithmetic: {method.lr: 3.0e-4}}\nmethods:"))
+    plan = plan_sweep({"sweep": "t"})
+    assert plan.methods[0].config.method_cfg.lr == 3.0e-4
+    assert plan.methods[0].config_for(("trial", {"method.lr": 1e-5})).method_cfg.lr == 1e-5
+
+
 def test_good_sweep_file(sweeps_dir):
     (sweeps_dir / "t.yaml").write_text(GOOD)
     plan = plan_sweep({"sweep": "t"})
     assert plan.spec.direction == "maximize"  # from the metric's higher_is_better
     assert plan.methods[0].trials == 3
+
+
+def test_trials_0_plans_an_untuned_entry(sweeps_dir):
+    (sweeps_dir / "t.yaml").write_text(GOOD.replace("{cpu: 3}", "{cpu: 0, paper: 20}"))
+    assert [m.trials for m in plan_sweep({"sweep": "t"}).methods] == [0]
+    assert [m.trials for m in plan_sweep({"sweep": "t", "scale": "paper"}).methods] == [20]
+    (sweeps_dir / "t.yaml").write_text(GOOD)
+    assert [m.trials for m in plan_sweep({"sweep": "t", "trials": "0"}).methods] == [0]
+    with pytest.raises(ConfigError, match="^trials: expected at least 0, got -1$"):
+        plan_sweep({"sweep": "t", "trials": "-1"})

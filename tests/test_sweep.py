@@ -217,3 +217,49 @@ def test_per_scale_values_need_the_scale_in_use(flaky_sweep, tmp_path):
     (tmp_path / "bad.yaml").write_text(ENTRIES.replace("tasks:\n  arithmetic:", "tasks:\n  arithmetics:"))
     with pytest.raises(ConfigError, match="unknown task 'arithmetics'"):
         plan_sweep({**flaky_sweep, "sweep": "bad"})
+
+
+UNTUNED = """\
+description: one entry tuned, one untuned (trials 0 at smoke scale), real methods on the tiny model
+base: {task: arithmetic, model: tiny, scale: smoke, launcher: debug, max_parallel: 2, threads: 1,
+       train.steps: 2, task.n_demos: 4, task.n_train: 20, task.n_valid: 4, task.n_test: 4, task.max_actions: 8}
+objective: {metric: valid/loglik_mean}
+methods:
+  gfn_tb:
+    trials: {smoke: 0, paper: 20}
+    fixed: {method.loss: subtb}
+    search:
+      method.lr: {type: categorical, choices: [1.0e-5, 1.0e-4]}
+  ppo:
+    trials: 1
+    search:
+      method.lr: {type: categorical, choices: [1.0e-5]}
+final: {seeds: [0, 1]}
+"""
+
+
+def test_an_entry_with_trials_0_runs_its_finals_untuned(flaky_sweep, tmp_path):
+    (tmp_path / "untuned.yaml").write_text(UNTUNED)
+    overrides = {**flaky_sweep, "sweep": "untuned"}
+    assert run_sweep(plan_sweep(overrides)) == 0
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "untuned" / "optuna.journal")))
+    assert optuna.load_study(study_name="untuned.gfn_tb", storage=storage).trials == []
+    assert [t.state for t in optuna.load_study(study_name="untuned.ppo", storage=storage).trials] == [TrialState.COMPLETE]
+    trials = runs_of(uri, "untuned", "tags.stage = 'trial'")
+    assert list(trials["tags.entry"]) == ["ppo"]
+
+    finals = runs_of(uri, "untuned", "tags.stage = 'final'")
+    assert sorted(zip(finals["tags.entry"], finals["tags.seed"])) == [("gfn_tb", "0"), ("gfn_tb", "1"),
+                                                                     ("ppo", "0"), ("ppo", "1")]
+    assert set(finals["status"]) == {"FINISHED"}
+    untuned = finals[finals["tags.entry"] == "gfn_tb"]
+    # The fixed value and, for the searched lr, the method's default (gfn_tb.Config.lr).
+    from methods.gfn_tb import Config as GfnConfig
+    assert set(untuned["tags.trial"]) == {"untuned"} and set(untuned["params.method.loss"]) == {"subtb"}
+    assert set(untuned["params.method.lr"]) == {str(GfnConfig().lr)}
+    assert set(finals[finals["tags.entry"] == "ppo"]["tags.trial"]) == {"0"}
+    board = (tmp_path / "results" / "untuned" / "leaderboard.md").read_text()
+    assert "| gfn_tb |" in board and "| ppo |" in board and "- gfn_tb = untuned (trials: 0)" in board

@@ -19,9 +19,25 @@ def test_metric_directions():
 
 
 def test_majority_vote():
-    assert majority_vote(["3", "5", "5", None, None, None]) == "5"
+    assert majority_vote(["3", "5", "5", None]) == "5"
     assert majority_vote([None, None]) is None
     assert majority_vote([]) is None
+
+
+def test_majority_vote_counts_unparsable_samples_as_no_answer():
+    # The paper's vote: an unparsable sample (None) is a vote for "no answer", which is wrong.
+    assert majority_vote(["5", None, None]) is None
+    assert majority_vote(["3", "5", "5", None, None, None]) is None
+    assert majority_vote(["5", "5", None]) == "5"
+    assert majority_vote(["5", "5", "3", None]) == "5"
+
+
+def test_majority_vote_tie_with_no_answer_is_no_answer():
+    # An answer is credited only when it beats "no answer" outright, tie_break included.
+    assert majority_vote(["5", None]) is None
+    assert majority_vote(["5", "5", None, None, "3"]) is None
+    assert majority_vote(["5", "3", None]) is None
+    assert majority_vote(["subjective", None], tie_break="subjective") is None
 
 
 def test_majority_vote_tie_goes_to_first_seen():

@@ -4,8 +4,9 @@ All methods draw the same number of samples per query at the same temperature (p
 T=0.1), so their numbers are comparable. The likelihood is that of the sample (tool tokens
 included, and its end when that is text, the "." of a sentence) under the frozen base model given
 the policy prompt. A sample's answer is the task's `extract_answer`, or for a task with candidate
-observations the one the base LM prefers after it (Engine.answers); a tied vote goes to the task's
-`tie_break` when it is among the tied answers.
+observations the one the base LM prefers after it (Engine.answers). An unparsable sample votes for
+"no answer", which wins ties and counts as wrong (metrics.majority_vote); a tie among real answers
+goes to the task's `tie_break` when it is among the tied answers.
 
 A task reports the metrics it declares (`task.metrics`, from its YAML file): accuracy means nothing
 for a sentence with no graded answer, and reference metrics (BLEU-4, GLEU, embedding similarity

@@ -25,7 +25,8 @@ class MetricInfo:
 METRICS: dict[str, MetricInfo] = {
     info.name: info
     for info in (
-        MetricInfo("accuracy", True, "fraction of queries whose majority-vote (or test-time selected) answer is correct"),
+        MetricInfo("accuracy", True, "fraction of queries whose majority-vote (or test-time selected) answer is "
+                                     "correct; an unparsable sample votes for \"no answer\", which is wrong"),
         MetricInfo("loglik_mean", True, "mean over samples of log p_base(Z | X) given the policy prompt (with "
                                         "the sample's end when it is text, the '.' of a sentence)"),
         MetricInfo("loglik_max", True, "max over samples of log p_base(Z | X) (as loglik_mean), per query"),
@@ -65,13 +66,21 @@ def gleu(candidate: str, reference: str) -> float:
 
 
 def majority_vote(answers: list[str | None], tie_break: str | None = None) -> str | None:
-    """The most common non-None answer; a tie goes to `tie_break` when it is among the tied
-    answers, else to the tied answer that appears first in `answers`, so the vote is
-    deterministic. None when every answer is None."""
+    """The query's vote, with an unparsable sample (None) counted as a vote for "no answer", as the
+    paper counts it: None when "no answer" has at least as many votes as every real answer.
+
+    A tie between "no answer" and the top real answer goes to "no answer": a method is credited
+    only for an answer it produces more often than invalid output, so emitting many invalid
+    chains never helps. A tie among real answers (with fewer "no answer" votes) goes to
+    `tie_break` when it is among the tied answers, else to the tied answer that appears first in
+    `answers`, so the vote is deterministic. None when there are no answers.
+    """
     counts = Counter(answer for answer in answers if answer is not None)
     if not counts:
         return None
     top = max(counts.values())
+    if answers.count(None) >= top:
+        return None
     if tie_break is not None and counts.get(tie_break) == top:
         return tie_break
     # Counter keeps first-appearance order and max() returns the first maximum it meets.
