@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.base import EvalSplit, Example
-from tasks.calculator import calculate
+from tasks.calculator import calculate, chain_value
 from tasks.spec import SpecTask, load_spec
 
 SPEC = load_spec("arithmetic")
@@ -77,7 +77,8 @@ def normalize_answer(text: str) -> str | None:
 def calculator_output(generated: str) -> str | None:
     """What the calculator inserts after `generated`: `" 14"` after `"... 5 + 9 ="`, else None.
 
-    It evaluates the text between the last `","` or `"Answer:"` (or the start) and a trailing `=`.
+    It evaluates the text between the last `","` or `"Answer:"` (or the start) and a trailing `=`,
+    when that text is one binary operation (`calculate`): a chain inserts nothing.
     """
     if not isinstance(generated, str) or not generated.endswith("="):
         return None
@@ -188,7 +189,7 @@ def _reference_example(path: Path, index: int, item: object, with_rationale: boo
     if missing:
         raise invalid(f"missing key {', '.join(missing)}")
     match = _QUESTION.fullmatch(str(item["str_query"]))
-    value = calculate(match.group(1)) if match else None
+    value = chain_value(match.group(1)) if match else None
     if value is None:
         raise invalid(f"str_query {item['str_query']!r} is not "
                       f"'Question: <a + b - c> = ? Answer:'")

@@ -1,9 +1,14 @@
-"""The arithmetic task's calculator: a bounded evaluator of `+`/`-` chains of integers.
+"""The arithmetic task's calculator: one bounded `a + b` or `a - b` per call, and chain values.
 
-Why not reuse the reference: it `eval()`s whatever text the policy wrote before `=`, so a sample
-can run code or hang the process (`9**9**9`), and its capability limiter keeps only the signed
-last operand of a chain of three or more (`"6 - 0 - 4"` gives -4; paper.md section 5, defect 1).
-Here a hand-written parser accepts only `[-]int (+|- int)*`, evaluated left to right.
+The tool (`calculate`) is capability-limited as in the paper (`limit_capability: 2`): one binary
+operation per call. A tool that evaluated whole chains would let a policy copy the question
+(`" 3 + 5 - 8 - 8 - 7 ="`) and be handed the answer, which the base LM's reward then prefers to
+step-by-step work; and longer questions would be no harder, against the point of the paper's
+out-of-distribution split. Why not reuse the reference's tool: it `eval()`s whatever text the
+policy wrote before `=`, so a sample can run code or hang the process (`9**9**9`), and its limiter
+keeps only the signed last operand of a chain of three or more (`"6 - 0 - 4"` gives -4; paper.md
+section 5, defect 1). Here a hand-written parser accepts only `[-]int (+|- int)*`; `chain_value`
+evaluates a question's whole chain left to right (data checks), `calculate` one operation.
 """
 from __future__ import annotations
 
@@ -38,6 +43,16 @@ def _tokens(expr: str) -> list[str] | None:
 
 
 def calculate(expr: str) -> int | None:
+    """The tool: the value of exactly one binary operation, `"5 + 9"` (14) or `"-4 + 3"` (-1); None
+    for a chain (`"3 + 5 - 8"`), a lone number or anything `chain_value` refuses. Never raises."""
+    tokens = _tokens(expr) if isinstance(expr, str) and len(expr) <= MAX_CHARS else None
+    if not tokens:
+        return None
+    operators = tokens[2::2] if tokens[0] == "-" else tokens[1::2]
+    return chain_value(expr) if len(operators) == 1 else None
+
+
+def chain_value(expr: str) -> int | None:
     """Value of a left-to-right chain like `"6 - 0 - 4"` (2) or `"-4 + 3"` (-1), else None.
 
     Only the first operand may carry a unary minus. Returns None for malformed input, input
