@@ -36,7 +36,9 @@ entry's value, which that entry's trials replace.
 `trials: 0` (at a scale, or `trials=0` for every entry) means no tuning: no trial runs for that
 entry, and its finals use its layers as they stand, without suggestions, so a searched key keeps
 the value from below the search (the method's default, or `base`, `tasks.<task>`, the command
-line). Such finals are tagged `trial=untuned`, and the leaderboard lists the entry as untuned.
+line), or from the entry's `untuned:` values, which name searched keys only (a recipe for short
+budgets, e.g. `untuned: {method.lr: {cpu: 1.0e-3}}`). Such finals are tagged `trial=untuned`, and
+the leaderboard lists the entry as untuned.
 
 Each entry has its own study `<sweep>.<entry>`, kept in `<run_dir>/<sweep>/optuna.journal`.
 Trials are pulled from the studies by `max_parallel` workers (bench/worker.py: local subprocesses
@@ -124,6 +126,7 @@ class MethodSpec:
     trials: int | dict[str, int]
     fixed: dict[str, Any]
     search: tuple[SearchParam, ...]
+    untuned: dict[str, Any]  # values of searched keys for the finals of an untuned run (trials 0)
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ def load_spec(name: str) -> SweepSpec:
     methods = {}
     for label, value in read.mapping(top["methods"], "methods").items():
         where = f"methods.{label}"
-        spec = read.mapping(value, where, {"method", "trials", "fixed", "search"}, {"trials"})
+        spec = read.mapping(value, where, {"method", "trials", "fixed", "search", "untuned"}, {"trials"})
         method = spec.get("method", label)
         if method not in METHODS:
             hint = "" if "method" in spec else f" (or give entry '{label}' a 'method:' key)"
@@ -282,8 +285,13 @@ def load_spec(name: str) -> SweepSpec:
         both = sorted(set(fixed) & set(search))
         if both:
             raise read.error(where, f"names {', '.join(both)} in both fixed and search; keep one")
+        untuned = read.overrides(spec.get("untuned"), f"{where}.untuned")
+        unsearched = sorted(set(untuned) - set(search))
+        if unsearched:
+            raise read.error(f"{where}.untuned", f"names {', '.join(unsearched)}, which the entry does not search; "
+                                                 "untuned holds values of searched keys (put others in fixed)")
         params = tuple(read.search_param(key, item, f"{where}.search.{key}") for key, item in search.items())
-        methods[label] = MethodSpec(label, method, trials, fixed, params)
+        methods[label] = MethodSpec(label, method, trials, fixed, params, untuned)
     if not methods:
         raise read.error("methods", "list at least one method")
 
@@ -374,8 +382,12 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
     for label in entries:
         mspec = spec.methods[label]
         fixed = at_scale(mspec.fixed, f"methods.{label}.fixed")
-        layers: list[Layer] = [*shared_layers, (f"{read.label}: methods.{label}.fixed", {"method": mspec.method, **fixed}),
-                               (None, cli)]
+        trials = (trials_everywhere if trials_everywhere is not None
+                  else _for_scale(mspec.trials, scale, read, f"methods.{label}.trials"))
+        layers: list[Layer] = [*shared_layers, (f"{read.label}: methods.{label}.fixed", {"method": mspec.method, **fixed})]
+        if trials == 0 and mspec.untuned:
+            layers.append((f"{read.label}: methods.{label}.untuned", at_scale(mspec.untuned, f"methods.{label}.untuned")))
+        layers.append((None, cli))
         config = build_config(layers)
         check_task(config)
         known = slots(config)
@@ -389,8 +401,6 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
                     convert(param.key, value, known[param.key].type)
                 except ConfigError as err:
                     raise read.error(where, str(err)) from None
-        trials = (trials_everywhere if trials_everywhere is not None
-                  else _for_scale(mspec.trials, scale, read, f"methods.{label}.trials"))
         plans.append(MethodPlan(label, layers, config, trials, mspec.search))
     seeds = _for_scale(spec.seeds, scale, read, "final.seeds")
     plan = SweepPlan(spec, plans[0].config, plans, seeds, overrides)

@@ -58,6 +58,10 @@ class Config:
         "help": "worked examples (the first demonstrations) in the policy prompt; paper: 0"})
     min_actions: int = field(default=DEFAULTS["min_actions"], metadata={
         "help": "fewest policy tokens before end of sample is allowed; paper: 5"})
+    reward_tool_outputs: bool = field(default=DEFAULTS["reward_tool_outputs"], metadata={
+        "help": "whether log R includes the base LM's log-prob of the calculator's outputs. They follow "
+                "from the actions, so the posterior over actions need not pay for the LM's poor arithmetic "
+                "(SmolLM2 answers 10 to everything); the paper scored them"})
     max_actions: int = field(default=DEFAULTS["max_actions"], metadata={
         "help": "most policy tokens per sample (tool outputs not counted). The paper's 18 was for "
                 "GPT-J tokens; the SmolLM2 tokenizer splits every digit and space, so the "
@@ -301,6 +305,10 @@ class ArithmeticTask(SpecTask):
 
     def reward_prompt(self, ex: Example) -> str:
         return self._reward_context + super().reward_prompt(ex)
+
+    @property
+    def reward_tool_outputs(self) -> bool:
+        return self.config.reward_tool_outputs
 
     def tool(self, generated: str) -> str | None:
         return calculator_output(generated)

@@ -252,6 +252,19 @@ def test_good_sweep_file(sweeps_dir):
     assert plan.methods[0].trials == 3
 
 
+def test_untuned_values_apply_only_where_the_entry_is_not_tuned(sweeps_dir):
+    recipe = GOOD.replace("{cpu: 3}", "{cpu: 0, paper: 20}").replace(
+        "    search:", "    untuned: {method.lr: {cpu: 1.0e-3, paper: 5.0e-4}}\n    search:")
+    (sweeps_dir / "t.yaml").write_text(recipe)
+    assert plan_sweep({"sweep": "t"}).methods[0].config_for().method_cfg.lr == 1e-3
+    tuned = plan_sweep({"sweep": "t", "scale": "paper"}).methods[0]
+    assert tuned.trials == 20 and tuned.config_for().method_cfg.lr == 1e-4  # the default, below the search
+    assert plan_sweep({"sweep": "t", "method.lr": "2e-3"}).methods[0].config_for().method_cfg.lr == 2e-3  # command line wins
+    (sweeps_dir / "t.yaml").write_text(recipe.replace("untuned: {method.lr:", "untuned: {method.loss: tb, method.lr:"))
+    with pytest.raises(ConfigError, match="untuned: names method.loss, which the entry does not search"):
+        plan_sweep({"sweep": "t"})
+
+
 def test_trials_0_plans_an_untuned_entry(sweeps_dir):
     (sweeps_dir / "t.yaml").write_text(GOOD.replace("{cpu: 3}", "{cpu: 0, paper: 20}"))
     assert [m.trials for m in plan_sweep({"sweep": "t"}).methods] == [0]

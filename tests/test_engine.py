@@ -26,14 +26,18 @@ def tool_trajectories(engine, task):
     return Trajectories.concat([sampled, demos]), examples
 
 
-def slow_log_reward(engine, ex, tokens, end):
-    """log p(s, Y | reward prompt) by one separate forward pass for one state."""
+def slow_log_reward(engine, ex, tokens, end, scored=None):
+    """log p(s, Y | reward prompt) by one separate forward pass for one state; `scored` (one bool
+    per sample token) leaves the unscored tokens out of the sum, in context all the same."""
     prompt, y = engine.reward_prompt_ids(ex), engine.observation_ids(ex)
     ids = torch.tensor([prompt + tokens[:end] + y])
     with engine.policy.base():
         logp = engine.policy.model(input_ids=ids).logits[0].float().log_softmax(-1)
     targets = ids[0, len(prompt):]
-    return logp[len(prompt) - 1:-1].gather(-1, targets.unsqueeze(-1)).sum().item()
+    per_token = logp[len(prompt) - 1:-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if scored is not None:
+        per_token = per_token * torch.tensor(list(scored[:end]) + [True] * len(y), dtype=per_token.dtype)
+    return per_token.sum().item()
 
 
 def test_per_prefix_reward_matches_one_pass_per_prefix(setup):
@@ -49,6 +53,20 @@ def test_per_prefix_reward_matches_one_pass_per_prefix(setup):
             worst = max(worst, abs(fast[b, k].item() - slow_log_reward(engine, ex, traj.tokens[b], end)))
         assert final[b].item() == pytest.approx(fast[b, len(ends) - 1].item(), abs=1e-4)
     assert worst <= 1e-4
+
+
+def test_a_reward_without_tool_outputs_scores_only_actions_and_y(tiny_policy):
+    task = ArithmeticTask(Config(n_train=20, n_valid=5, n_test=5, max_actions=12, reward_tool_outputs=False), None)
+    engine = Engine(tiny_policy, task, batch_size=8)
+    traj, examples = tool_trajectories(engine, task)
+    fast = engine.log_reward(traj, examples, per_prefix=True)
+    with_tools = Engine(tiny_policy, ArithmeticTask(Config(n_train=20, n_valid=5, n_test=5, max_actions=12), None), 8)
+    assert (fast - with_tools.log_reward(traj, examples, per_prefix=True)).abs().max() > 0.1
+    for b, ends in enumerate(traj.state_ends()):
+        ex = examples[traj.example_idx[b]]
+        for k, end in enumerate(ends):
+            slow = slow_log_reward(engine, ex, traj.tokens[b], end, traj.is_action[b])
+            assert fast[b, k].item() == pytest.approx(slow, abs=1e-4)
 
 
 def test_teacher_forced_scores_match_step_by_step_scoring(setup):

@@ -108,7 +108,8 @@ class Engine:
                 plans = [self.candidates(e) for e in exs]
                 if plans[0] is None:
                     r = LogReward(log_reward(self.policy.model, self.pad_id, prompts,
-                                             [self.observation_ids(e) for e in exs], part, per_prefix=per_prefix))
+                                             [self.observation_ids(e) for e in exs], part, per_prefix=per_prefix,
+                                             tool_tokens=getattr(self.task, "reward_tool_outputs", True)))
                 else:
                     r = self._choice_reward(part, exs, prompts, plans, per_prefix)
                 parts.append(r.pad(width) if per_prefix else r)

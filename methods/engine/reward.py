@@ -105,21 +105,25 @@ def shared_prefix(prompts: list[list[int]]) -> list[int]:
 
 
 def log_reward(model, pad_id: int, reward_prompt_ids: list[list[int]], y_ids: list[list[int]],
-               traj: Trajectories, *, per_prefix: bool = True) -> torch.Tensor:
+               traj: Trajectories, *, per_prefix: bool = True, tool_tokens: bool = True) -> torch.Tensor:
     """log p(s_k, Y | reward prompt) for every state (per_prefix) or the final state only.
 
     Returns [B, A+1] (0 for states a row does not have) or [B]. The caller disables adapters.
     """
-    logp = observation_logprobs(model, pad_id, reward_prompt_ids, [[y] for y in y_ids], traj, per_prefix=per_prefix)
+    logp = observation_logprobs(model, pad_id, reward_prompt_ids, [[y] for y in y_ids], traj, per_prefix=per_prefix,
+                                tool_tokens=tool_tokens)
     return logp[..., 0] if per_prefix else logp[:, 0, 0]
 
 
 def observation_logprobs(model, pad_id: int, reward_prompt_ids: list[list[int]], candidates: list[list[list[int]]],
-                         traj: Trajectories, *, per_prefix: bool = True) -> torch.Tensor:
+                         traj: Trajectories, *, per_prefix: bool = True, tool_tokens: bool = True) -> torch.Tensor:
     """log p(s_k, Y_c | reward prompt) for every state k (or the final state) and candidate c.
 
     `candidates[b]` holds row b's candidate observations. Returns [B, A+1, C] ([B, 1, C] without
     per_prefix): 0 for states a row does not have, -inf for candidates it does not have.
+    `tool_tokens=False` leaves the tool's tokens out of the sum (they stay in context): they are a
+    deterministic function of the actions, so the log-probability the base LM gives them measures
+    the LM's arithmetic, not how plausible the actions are.
     """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -167,6 +171,8 @@ def observation_logprobs(model, pad_id: int, reward_prompt_ids: list[list[int]],
     for b, r in enumerate(rows):
         start, n_c = len(prompts[b]), len(candidates[b])
         gen = logp_at(b, list(range(start - 1, r.context_len - 1)), traj.tokens[b]) if traj.tokens[b] else torch.zeros(0, device=device)
+        if not tool_tokens:
+            gen = gen * torch.tensor(traj.is_action[b], dtype=gen.dtype, device=device)
         cum = torch.cat([torch.zeros(1, device=device), gen.cumsum(0)])  # log p of the first e sample tokens
         slots = torch.tensor(r.y_state, device=device)
         y = torch.zeros(len(ends[b]) * n_c, device=device).index_add_(0, slots, logp_at(b, r.y_at, r.y_token))
