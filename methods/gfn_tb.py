@@ -30,6 +30,7 @@ from methods.engine.rollout import Trajectories
 from tasks.base import Example
 
 LOSSES = ("tb", "subtb", "vargrad")
+REPLAYS = ("uniform", "reward")
 
 
 @dataclass
@@ -44,10 +45,14 @@ class Config(RewardTemperature):
     subtb_lambda: float = field(default=1.0, metadata={"help": "weight λ^(j-i-1) of a sub-trajectory of length j-i (paper: 1)"})
     warmup_frac: float = field(default=0.01, metadata={"help": WARMUP_HELP})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    p_replay: float = field(default=0.25, metadata={"help": "probability that a query's samples come from the replay buffer"})
-    p_tempered: float = field(default=0.5, metadata={"help": "probability of tempered sampling (else on-policy at T=1)"})
+    p_replay: float = field(default=0.25, metadata={"help": "share of queries whose samples come from the replay buffer (a query with an empty buffer samples tempered instead)"})
+    p_tempered: float = field(default=0.5, metadata={"help": "share of queries sampled at a temperature T ~ U[pf_temp_low, pf_temp_high]; the remaining 1 - p_replay - p_tempered sample on-policy at T=1"})
     pf_temp_low: float = field(default=0.5, metadata={"help": "lowest sampling temperature of tempered exploration"})
     pf_temp_high: float = field(default=2.0, metadata={"help": "highest sampling temperature of tempered exploration"})
+    replay: str = field(default="uniform", metadata={
+        "help": "how a replayed query draws its buffer items: uniform (the paper) | reward (in proportion to "
+                "R^(1/T) at the current reward temperature: the best items, seeded demonstrations included, "
+                "come back most)"})
     buffer_size: int = field(default=50, metadata={"help": "replay buffer items kept per query (highest reward first)"})
     seed_buffer: bool = field(default=True, metadata={"help": "seed a query's buffer when first drawn: base-LM samples after the task's seed prompt (SUBJ), else its worked rationales"})
 
@@ -130,6 +135,8 @@ class UnseededQueries:
 def train(ctx: TrainContext, cfg: Config) -> None:
     if cfg.loss not in LOSSES:
         raise ValueError(f"method.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.replay not in REPLAYS:
+        raise ValueError(f"method.replay must be one of {', '.join(REPLAYS)}, got {cfg.replay!r}")
     engine, policy, budget = ctx.engine, ctx.policy, ctx.train
     device = policy.device
     rng = random.Random(ctx.seed)
@@ -175,7 +182,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         for ex in batch:
             u = rng.random()
             if u < cfg.p_replay and buffer.has(ex.query):
-                replays.append((ex, buffer.sample(ex.query, k, rng)))
+                replays.append((ex, buffer.sample(ex.query, k, rng, temp_r if cfg.replay == "reward" else None)))
             else:
                 t = rng.uniform(cfg.pf_temp_low, cfg.pf_temp_high) if u < cfg.p_replay + cfg.p_tempered else 1.0
                 to_sample += [ex] * k

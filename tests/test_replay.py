@@ -44,3 +44,19 @@ def test_buffer_keeps_the_shaping_apart_and_ranks_by_the_sum():
     restored = ReplayBuffer(1)
     restored.load_state_dict(buffer.state_dict())
     assert restored.items == buffer.items
+
+
+def test_reward_replay_draws_items_in_proportion_to_their_tempered_reward():
+    buffer = ReplayBuffer(capacity_per_query=3)
+    rows = [([5], [True]), ([6], [True]), ([7], [True])]
+    base = torch.tensor([[0.0, -1.0], [0.0, -2.0], [0.0, -3.0]])
+    shaping = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, -1.0]])  # added after tempering
+    buffer.add("q", traj(rows), LogReward(base, shaping))
+    for temperature in (1.0, 0.5):
+        drawn = buffer.sample("q", 40_000, random.Random(0), temperature)
+        logits = torch.tensor([-1.0, -2.0, -3.0]) / temperature + torch.tensor([0.0, 0.0, -1.0])
+        expected = logits.softmax(0).tolist()
+        freq = [sum(it.tokens == [t] for it in drawn) / len(drawn) for t in (5, 6, 7)]
+        assert all(abs(f - e) < 0.01 for f, e in zip(freq, expected)), (freq, expected)
+    uniform = buffer.sample("q", 30_000, random.Random(0))
+    assert all(abs(sum(it.tokens == [t] for it in uniform) / 30_000 - 1 / 3) < 0.01 for t in (5, 6, 7))

@@ -8,6 +8,7 @@ during training and the shaping is added after it.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -72,9 +73,17 @@ class ReplayBuffer:
         bucket.sort(key=lambda it: it.log_reward, reverse=True)
         del bucket[self.capacity:]
 
-    def sample(self, key: str, n: int, rng: random.Random) -> list[ReplayItem]:
-        """n items drawn uniformly with replacement."""
-        return [rng.choice(self.items[key]) for _ in range(n)]
+    def sample(self, key: str, n: int, rng: random.Random, temperature: float | None = None) -> list[ReplayItem]:
+        """n items drawn with replacement: uniformly (the paper), or with `temperature` in proportion
+        to each item's tempered reward R^(1/T) (shaping after tempering), which favours the best
+        items, such as seeded demonstrations, over the many poor samples that fill a buffer."""
+        items = self.items[key]
+        if temperature is None:
+            return [rng.choice(items) for _ in range(n)]
+        tempered = [it.log_rewards[-1] / temperature + (it.shaping[-1] if it.shaping is not None else 0.0)
+                    for it in items]
+        top = max(tempered)
+        return rng.choices(items, weights=[math.exp(t - top) for t in tempered], k=n)
 
     def state_dict(self) -> dict:
         return {"capacity": self.capacity, "items": {k: [vars(it) for it in v] for k, v in self.items.items()}}
