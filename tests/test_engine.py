@@ -96,6 +96,21 @@ def test_tool_tokens_are_environment_not_actions(setup):
     assert tool_text == "".join(pieces)
 
 
+def test_a_newline_ends_an_arithmetic_sample(setup):
+    """stop_on_newline: a newline token (with only allowed characters beside it) is a terminator,
+    although the newline is not among the task's allowed characters."""
+    engine, task = setup
+    assert task.stop_on_newline and "\n" not in task.allowed_chars
+    tokenizer, rules = engine.tokenizer, engine.rules
+    newline = tokenizer("\n", add_special_tokens=False).input_ids
+    assert len(newline) == 1 and rules.terminators[newline[0]] and rules.allowed[newline[0]]
+    assert rules.terminators[tokenizer.eos_token_id]  # EOS still ends a sample
+    for text in ("Hello\n", "x\n"):
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) == 1:  # a token with a disallowed character stays banned
+            assert not rules.allowed[ids[0]]
+
+
 def test_sampling_respects_the_tasks_action_space(setup):
     engine, task = setup
     traj = engine.sample(task.train_examples()[:6], [2.0] * 6, torch.Generator().manual_seed(1))

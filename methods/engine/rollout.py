@@ -48,10 +48,11 @@ class TokenRules:
                 terminators[i] = True
             elif text in banned:
                 allowed[i] = False
+            elif "\n" in text and task.stop_on_newline and (
+                    task.allowed_chars is None or all(c in task.allowed_chars or c == "\n" for c in text)):
+                terminators[i] = True  # before the character check, which would otherwise ban the newline
             elif task.allowed_chars is not None and (not text or any(c not in task.allowed_chars for c in text)):
                 allowed[i] = False
-            elif "\n" in text and task.stop_on_newline:
-                terminators[i] = True
         allowed[len(texts):] = False  # padding rows of the embedding matrix are not tokens
         if terminator_texts and not terminators.any():
             raise ValueError(f"task {task.name}: no token of the tokenizer is exactly one of its "
