@@ -5,6 +5,7 @@ the latest), averages each method over its seeds and writes `<results_dir>/<swee
 """
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from methods.engine.metrics import METRICS
 
 # (metric of a final run, column title, display scale, decimals). Accuracy is shown in percent,
 # as in the paper's tables.
+# Test queries per seed behind the accuracies (logged by bench/trial.py), and how the header names them.
+QUERY_COUNTS = {"test_id/queries": "ID", "test_ood/queries": "OOD"}
+
 COLUMNS = [
     ("test_id/accuracy", "ID accuracy (%)", 100.0, 1),
     ("test_ood/accuracy", "OOD accuracy (%)", 100.0, 1),
@@ -54,6 +58,16 @@ def mean_std(values: list[float], scale: float, digits: int) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def accuracy_se(values: list[float], queries: list[float], digits: int) -> str:
+    """`mean ± standard error` of an accuracy in percent: the mean over seeds, and the binomial
+    standard error sqrt(p (1 - p) / N) over the N test queries of all seeds together (each query's
+    vote is right or wrong), so that one seed on 32 queries reads as uncertain as it is."""
+    if not values or len(queries) != len(values):
+        return mean_std(values, 100.0, digits)
+    p, n = statistics.fmean(values), sum(queries)
+    return f"{100 * p:.{digits}f} ± {100 * math.sqrt(p * (1 - p) / n):.{digits}f}"
 
 
 @dataclass
@@ -94,7 +108,7 @@ def build_leaderboard(client: mlflow.MlflowClient, experiment_id: str, parent_ru
         runs = runs.sort_values(["row", "tags.seed"], key=lambda column: column.map(_seed_order))
     for _, run in runs.iterrows():
         per_metric = cells.setdefault(run["row"], {})
-        for metric, *_ in COLUMNS:
+        for metric in [c[0] for c in COLUMNS] + list(QUERY_COUNTS):
             value = run.get(f"metrics.{metric}")
             if value is not None and not pd.isna(value):
                 per_metric.setdefault(metric, []).append(float(value))
@@ -120,18 +134,31 @@ def _markdown(parent, cells: dict[str, dict[str, list[float]]]) -> str:
     # Only the columns some row has: a task reports the metrics it declares (no accuracy for
     # continuation, BLEU only for infilling).
     columns = [c for c in COLUMNS if any(c[0] in row for row in cells.values())] or COLUMNS
+    counts = [m for m in QUERY_COUNTS if any(m in row for row in cells.values())]
     header = ["method", *(title + arrow(metric) for metric, title, *_ in columns), "seeds"]
+    if counts:
+        header.append("test queries (" + " / ".join(QUERY_COUNTS[m] for m in counts) + ")")
     lines = [f"# {tags.get('sweep', '')}: leaderboard", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    def cell(row: dict[str, list[float]], metric: str, scale: float, digits: int) -> str:
+        kind = metric.split("/")[0]
+        if metric.endswith("/accuracy") and f"{kind}/queries" in row:
+            return accuracy_se(row.get(metric, []), row[f"{kind}/queries"], digits)
+        return mean_std(row.get(metric, []), scale, digits)
+
     for method in sorted(cells):
-        row = [method, *(mean_std(cells[method].get(metric, []), scale, digits)
-                         for metric, _, scale, digits in columns),
+        row = [method, *(cell(cells[method], metric, scale, digits) for metric, _, scale, digits in columns),
                str(len(cells[method]["seeds"]))]
+        if counts:
+            row.append(" / ".join(str(int(statistics.fmean(cells[method][m]))) if m in cells[method] else "–"
+                                  for m in counts))
         lines.append("| " + " | ".join(row) + " |")
     if not cells:
         lines.append("| (no finished final run) |" + " |" * (len(header) - 1))
-    lines += ["", "Mean ± standard deviation over seeds of each method's best configuration, "
-                  "evaluated on the test splits (ID: in distribution, OOD: out of distribution)."]
+    lines += ["", "Each method's best configuration (or its untuned recipe), evaluated on the test splits "
+                  "(ID: in distribution, OOD: out of distribution). Accuracy: mean over seeds ± binomial "
+                  "standard error over all test queries of all seeds (per seed: the query counts in the last "
+                  "column); other columns: mean ± standard deviation over seeds."]
     chosen = sorted(key for key in params if key.startswith("best/"))
     if chosen:
         lines += ["", "Selected hyperparameters:", ""]

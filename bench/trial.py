@@ -149,10 +149,12 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
         results = evaluate_splits(engine, splits, samples=cfg.train.eval_samples,
                                   temperature=cfg.train.eval_temperature, seed=cfg.seed,
                                   select=getattr(method, "select", None))
+        # `queries` travels with the metrics: a standard error over queries needs their number.
+        metrics = {prefix: result.metrics | {"queries": float(len(splits[prefix]))} for prefix, result in results.items()}
         for prefix, result in results.items():
-            log.metrics({f"{prefix}/{key}": value for key, value in result.metrics.items()}, step)
+            log.metrics({f"{prefix}/{key}": value for key, value in metrics[prefix].items()}, step)
             log.table(result.rows[: cfg.train.log_samples], f"{prefix}_step{step}")
-        return {prefix: result.metrics for prefix, result in results.items()}
+        return metrics
 
     bar = tqdm(total=cfg.train.steps, desc=name, unit="step", leave=leave_bar, disable=not parallel.is_main)
 
@@ -208,6 +210,7 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
         chosen = [(len(splits[s.name]), results[s.name]) for s in tests if s.in_distribution == in_distribution]
         if chosen:
             aggregate = {f"{kind}/{key}": value for key, value in _weighted_means(chosen).items()}
+            aggregate[f"{kind}/queries"] = float(sum(n for n, _ in chosen))
             log.metrics(aggregate, cfg.train.steps)
             metrics |= aggregate
     return metrics

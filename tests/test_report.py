@@ -75,3 +75,12 @@ def test_report_errors(store, tmp_path, capsys):
     assert report.main(["sweep=nothing", f"results_dir={tmp_path}"]) == 1
     assert report.main(["swep=demo"]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: unknown key 'swep'")
+
+
+def test_accuracy_carries_a_binomial_standard_error_over_all_test_queries():
+    from bench.report import accuracy_se
+
+    assert accuracy_se([0.5], [64.0], 1) == "50.0 ± 6.2"  # sqrt(0.25 / 64) = 0.0625
+    assert accuracy_se([0.25, 0.75], [32.0, 32.0], 1) == "50.0 ± 6.2"  # two seeds pool their queries
+    assert accuracy_se([0.9], [100.0], 1) == "90.0 ± 3.0"
+    assert accuracy_se([1.0], [32.0], 1) == "100.0 ± 0.0"
