@@ -36,9 +36,10 @@ entry's value, which that entry's trials replace.
 `trials: 0` (at a scale, or `trials=0` for every entry) means no tuning: no trial runs for that
 entry, and its finals use its layers as they stand, without suggestions, so a searched key keeps
 the value from below the search (the method's default, or `base`, `tasks.<task>`, the command
-line), or from the entry's `untuned:` values, which name searched keys only (a recipe for short
-budgets, e.g. `untuned: {method.lr: {cpu: 1.0e-3}}`). Such finals are tagged `trial=untuned`, and
-the leaderboard lists the entry as untuned.
+line). An entry's `untuned:` overrides apply only where it runs untuned, above `fixed` (which may
+not name the same key): a recipe for a budget too small to tune, e.g.
+`untuned: {method.lr: {cpu: 1.0e-3}}` (a per-scale value needs only the scales run untuned).
+Such finals are tagged `trial=untuned`, and the leaderboard lists the entry as untuned.
 
 Each entry has its own study `<sweep>.<entry>`, kept in `<run_dir>/<sweep>/optuna.journal`.
 Trials are pulled from the studies by `max_parallel` workers (bench/worker.py: local subprocesses
@@ -126,7 +127,7 @@ class MethodSpec:
     trials: int | dict[str, int]
     fixed: dict[str, Any]
     search: tuple[SearchParam, ...]
-    untuned: dict[str, Any]  # values of searched keys for the finals of an untuned run (trials 0)
+    untuned: dict[str, Any]  # overrides for the finals of an untuned run (trials 0), above `fixed`
 
 
 @dataclass(frozen=True)
@@ -286,10 +287,12 @@ def load_spec(name: str) -> SweepSpec:
         if both:
             raise read.error(where, f"names {', '.join(both)} in both fixed and search; keep one")
         untuned = read.overrides(spec.get("untuned"), f"{where}.untuned")
-        unsearched = sorted(set(untuned) - set(search))
-        if unsearched:
-            raise read.error(f"{where}.untuned", f"names {', '.join(unsearched)}, which the entry does not search; "
-                                                 "untuned holds values of searched keys (put others in fixed)")
+        for key in untuned:
+            if sweep_wide(key) or key == "method":
+                raise read.error(f"{where}.untuned", f"'{key}' is a setting of the whole sweep, not of one method")
+        both = sorted(set(fixed) & set(untuned))
+        if both:
+            raise read.error(where, f"names {', '.join(both)} in both fixed and untuned; keep one")
         params = tuple(read.search_param(key, item, f"{where}.search.{key}") for key, item in search.items())
         methods[label] = MethodSpec(label, method, trials, fixed, params, untuned)
     if not methods:

@@ -261,7 +261,13 @@ def test_untuned_values_apply_only_where_the_entry_is_not_tuned(sweeps_dir):
     assert tuned.trials == 20 and tuned.config_for().method_cfg.lr == 1e-4  # the default, below the search
     assert plan_sweep({"sweep": "t", "method.lr": "2e-3"}).methods[0].config_for().method_cfg.lr == 2e-3  # command line wins
     (sweeps_dir / "t.yaml").write_text(recipe.replace("untuned: {method.lr:", "untuned: {method.loss: tb, method.lr:"))
-    with pytest.raises(ConfigError, match="untuned: names method.loss, which the entry does not search"):
+    assert plan_sweep({"sweep": "t"}).methods[0].config_for().method_cfg.loss == "tb"  # any key, not only searched
+    assert plan_sweep({"sweep": "t", "scale": "paper"}).methods[0].config_for().method_cfg.loss == "subtb"
+    (sweeps_dir / "t.yaml").write_text(recipe.replace("    untuned:", "    fixed: {method.loss: tb}\n    untuned: {method.loss: vargrad}\n    unused:"))
+    with pytest.raises(ConfigError, match="unknown key 'unused'"):
+        plan_sweep({"sweep": "t"})
+    (sweeps_dir / "t.yaml").write_text(recipe.replace("    untuned: {", "    fixed: {method.loss: tb}\n    untuned: {method.loss: vargrad, "))
+    with pytest.raises(ConfigError, match="names method.loss in both fixed and untuned; keep one"):
         plan_sweep({"sweep": "t"})
 
 
