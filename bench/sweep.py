@@ -587,8 +587,9 @@ def _run_sweep(plan: SweepPlan) -> int:
 
     board = report.build_leaderboard(client, experiment_id, parent_id)
     path = report.write_leaderboard(board, Path(cfg.results_dir), spec.name)
+    curves = report.write_curves(client, experiment_id, parent_id, Path(cfg.results_dir), spec.name)
     print(board.markdown)
-    print(f"\nleaderboard: {path}")
+    print(f"\nleaderboard: {path}" + (f"\nlearning curves: {curves}" if curves else ""))
     print(f"runs: {tracking.ui_hint(uri)}")
     missing = [m.name for m in plan.methods if m.trials > 0 and m.name not in best]
     if missing:

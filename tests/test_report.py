@@ -84,3 +84,13 @@ def test_accuracy_carries_a_binomial_standard_error_over_all_test_queries():
     assert accuracy_se([0.25, 0.75], [32.0, 32.0], 1) == "50.0 ± 6.2"  # two seeds pool their queries
     assert accuracy_se([0.9], [100.0], 1) == "90.0 ± 3.0"
     assert accuracy_se([1.0], [32.0], 1) == "100.0 ± 0.0"
+
+
+def test_learning_curves_draw_one_line_per_label_with_the_mean_over_runs(tmp_path):
+    from bench.report import plot_histories
+
+    histories = {"gfn_tb": {"train/loss": [[(0, 4.0), (1, 2.0)], [(0, 2.0), (1, 0.0)]]},
+                 "ppo": {"train/loss": [[(0, 1.0), (1, 1.0)]], "valid/accuracy": [[(2, 0.5)]]}}
+    path = plot_histories(histories, tmp_path / "curves.png", "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_histories({"x": {"unknown/metric": [[(0, 1.0)]]}}, tmp_path / "none.png", "t") is None

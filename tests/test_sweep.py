@@ -62,6 +62,8 @@ def test_smoke_sweep(tmp_path, launcher):
 
     board = (tmp_path / "results" / "smoke" / "leaderboard.md").read_text()
     assert "| gfn_tb |" in board and "| ppo |" in board and parent in board
+    curves = tmp_path / "results" / "smoke" / "learning_curves.png"
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("task", ["infilling", "subj", "continuation"])
