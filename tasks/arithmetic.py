@@ -59,9 +59,10 @@ class Config:
     min_actions: int = field(default=DEFAULTS["min_actions"], metadata={
         "help": "fewest policy tokens before end of sample is allowed; paper: 5"})
     reward_tool_outputs: bool = field(default=DEFAULTS["reward_tool_outputs"], metadata={
-        "help": "whether log R includes the base LM's log-prob of the calculator's outputs. They follow "
-                "from the actions, so the posterior over actions need not pay for the LM's poor arithmetic "
-                "(SmolLM2 answers 10 to everything); the paper scored them"})
+        "help": "whether log R includes the base LM's log-prob of the calculator's outputs (the paper's "
+                "reward did). They follow from the actions, so the posterior over actions need not pay for "
+                "the LM's poor arithmetic: without them a correct rationale's log R rises from -9.7 to -5.6 "
+                "while fillers stay at -26 (results/gfn_vs_ppo/exploration.md)"})
     max_actions: int = field(default=DEFAULTS["max_actions"], metadata={
         "help": "most policy tokens per sample (tool outputs not counted). The paper's 18 was for "
                 "GPT-J tokens; the SmolLM2 tokenizer splits every digit and space, so the "
