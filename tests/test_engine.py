@@ -40,8 +40,10 @@ def slow_log_reward(engine, ex, tokens, end, scored=None):
     return per_token.sum().item()
 
 
-def test_per_prefix_reward_matches_one_pass_per_prefix(setup):
+@pytest.mark.parametrize("tool_outputs", [False, True])
+def test_per_prefix_reward_matches_one_pass_per_prefix(setup, tool_outputs):
     engine, task = setup
+    task.config.reward_tool_outputs = tool_outputs  # the paper's reward scores the calculator's outputs too
     traj, examples = tool_trajectories(engine, task)
     assert not all(all(a) for a in traj.is_action), "the toy needs tool tokens"
     fast = engine.log_reward(traj, examples, per_prefix=True)
@@ -49,8 +51,9 @@ def test_per_prefix_reward_matches_one_pass_per_prefix(setup):
     worst = 0.0
     for b, ends in enumerate(traj.state_ends()):
         ex = examples[traj.example_idx[b]]
+        scored = None if task.reward_tool_outputs else traj.is_action[b]
         for k, end in enumerate(ends):
-            worst = max(worst, abs(fast[b, k].item() - slow_log_reward(engine, ex, traj.tokens[b], end)))
+            worst = max(worst, abs(fast[b, k].item() - slow_log_reward(engine, ex, traj.tokens[b], end, scored)))
         assert final[b].item() == pytest.approx(fast[b, len(ends) - 1].item(), abs=1e-4)
     assert worst <= 1e-4
 
@@ -60,7 +63,8 @@ def test_a_reward_without_tool_outputs_scores_only_actions_and_y(tiny_policy):
     engine = Engine(tiny_policy, task, batch_size=8)
     traj, examples = tool_trajectories(engine, task)
     fast = engine.log_reward(traj, examples, per_prefix=True)
-    with_tools = Engine(tiny_policy, ArithmeticTask(Config(n_train=20, n_valid=5, n_test=5, max_actions=12), None), 8)
+    with_tools = Engine(tiny_policy, ArithmeticTask(Config(n_train=20, n_valid=5, n_test=5, max_actions=12,
+                                                           reward_tool_outputs=True), None), 8)
     assert (fast - with_tools.log_reward(traj, examples, per_prefix=True)).abs().max() > 0.1
     for b, ends in enumerate(traj.state_ends()):
         ex = examples[traj.example_idx[b]]
