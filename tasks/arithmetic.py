@@ -311,6 +311,8 @@ class ArithmeticTask(SpecTask):
     def reward_tool_outputs(self) -> bool:
         return self.config.reward_tool_outputs
 
+    tool_trigger = "="  # the calculator answers only a text that ends with "="
+
     def tool(self, generated: str) -> str | None:
         return calculator_output(generated)
 

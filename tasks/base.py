@@ -63,8 +63,12 @@ class Task(Protocol):
     min_actions: int
     max_actions: int
 
+    tool_trigger: str | None
+    """Optional: text that every token after which `tool` can insert something contains (arithmetic:
+    "="); the engine then asks the tool only after such tokens. Absent or None: after every token."""
+
     def tool(self, generated: str) -> str | None:
-        """Called after every policy token with the text generated so far.
+        """Called after every policy token (or every one holding `tool_trigger`) with the text generated so far.
 
         Returns text the environment inserts right now (its tokens are not policy actions),
         or None. Must never raise.

@@ -136,11 +136,17 @@ def test_sampling_respects_the_tasks_action_space(setup):
                 inserted += 1
 
 
-def test_cached_batched_sampling_matches_a_slow_greedy_loop(setup):
+@pytest.mark.parametrize("policy_shots", [0, 2])
+def test_cached_batched_sampling_matches_a_slow_greedy_loop(tiny_policy, policy_shots):
     """Near-zero temperature makes sampling greedy; the KV-cached batch, whose rows finish and
-    leave at different steps, must then give what one full forward pass per token gives."""
-    engine, task = setup
+    leave at different steps, must then give what one full forward pass per token gives. With
+    worked examples in the policy prompt, their shared prefix is run once and its cache copied."""
+    task = ArithmeticTask(Config(n_train=20, n_valid=5, n_test=5, max_actions=12, policy_shots=policy_shots), None)
+    engine = Engine(tiny_policy, task, batch_size=8)
     examples = task.train_examples()[:4]
+    if policy_shots:
+        from methods.engine.rollout import shared_prefix
+        assert len(shared_prefix([engine.prompt_ids(ex) for ex in examples])) > 40
     traj = engine.sample(examples, [1e-4] * 4, torch.Generator().manual_seed(0))
     rules, tok = engine.rules, engine.tokenizer
     for b, ex in enumerate(examples):
@@ -159,3 +165,20 @@ def test_cached_batched_sampling_matches_a_slow_greedy_loop(setup):
                 tokens += ids
                 acts += [False] * len(ids)
         assert traj.tokens[b] == tokens and traj.is_action[b] == acts
+
+
+def test_the_tool_is_asked_only_after_tokens_that_can_trigger_it(setup, monkeypatch):
+    """Arithmetic's calculator answers only a text ending in "=": the sampler skips decoding the row
+    after other tokens, and samples exactly what asking after every token gives."""
+    engine, task = setup
+    examples = task.train_examples()[:6]
+    calls = []
+    real_tool = task.tool
+    monkeypatch.setattr(task, "tool", lambda text: calls.append(text) or real_tool(text))
+    fast = engine.sample(examples, [1.5] * 6, torch.Generator().manual_seed(3))
+    assert calls and all("=" in text for text in calls)  # asked only after a token holding "="
+    n_calls, calls[:] = len(calls), []
+    engine.rules.tool_fires_after = None  # ask after every token: the old, slow behaviour
+    slow = engine.sample(examples, [1.5] * 6, torch.Generator().manual_seed(3))
+    assert len(calls) == sum(slow.n_actions) > n_calls
+    assert fast.tokens == slow.tokens and fast.is_action == slow.is_action

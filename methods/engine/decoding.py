@@ -79,7 +79,7 @@ class NucleusRules(TokenRules):
 
     @classmethod
     def of(cls, rules: TokenRules, top_p: float) -> "NucleusRules":
-        return cls(rules.allowed, rules.terminators, rules.min_actions, rules.max_actions, top_p)
+        return cls(rules.allowed, rules.terminators, rules.min_actions, rules.max_actions, rules.tool_fires_after, top_p)
 
     def logprobs(self, logits: torch.Tensor, n_actions: torch.Tensor, temperature: torch.Tensor | float = 1.0) -> torch.Tensor:
         return keep_top_p(merge_terminators(self, super().logprobs(logits, n_actions, temperature)), self.top_p)

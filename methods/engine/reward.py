@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.engine.rollout import Trajectories
+from methods.engine.rollout import Trajectories, shared_prefix
 
 
 @dataclass
@@ -93,15 +93,6 @@ def reward_row(prompt: list[int], tokens: list[int], state_ends: list[int], ys: 
                 row.y_token.append(y[j + 1])
                 row.y_state.append(slot)
     return row
-
-
-def shared_prefix(prompts: list[list[int]]) -> list[int]:
-    """The longest common prefix of the prompts, short of each prompt's last token."""
-    limit = min(len(p) for p in prompts) - 1
-    n = 0
-    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
-        n += 1
-    return prompts[0][:n]
 
 
 def log_reward(model, pad_id: int, reward_prompt_ids: list[list[int]], y_ids: list[list[int]],

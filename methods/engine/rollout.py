@@ -29,6 +29,10 @@ class TokenRules:
     terminators: torch.Tensor  # [V] bool: tokens that end a sample
     min_actions: int
     max_actions: int
+    tool_fires_after: frozenset[int] | None = None
+    """Tokens after which the task's tool may insert something (their text holds the task's
+    `tool_trigger`); None: the tool is asked after every token. Saves decoding each row's whole
+    text at every step."""
 
     @classmethod
     def for_task(cls, task: Task, tokenizer, vocab_size: int) -> "TokenRules":
@@ -60,7 +64,9 @@ class TokenRules:
         if not terminator_texts:
             terminators[tokenizer.eos_token_id] = True
         allowed |= terminators
-        return cls(allowed, terminators, task.min_actions, task.max_actions)
+        trigger = getattr(task, "tool_trigger", None)
+        fires = None if trigger is None else frozenset(i for i, text in enumerate(texts) if trigger in text)
+        return cls(allowed, terminators, task.min_actions, task.max_actions, fires)
 
     def logprobs(self, logits: torch.Tensor, n_actions: torch.Tensor, temperature: torch.Tensor | float = 1.0) -> torch.Tensor:
         """Log-probs of the policy's next action under the task's rules, in fp32.
@@ -148,6 +154,15 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def shared_prefix(prompts: list[list[int]]) -> list[int]:
+    """The longest common prefix of the prompts, short of each prompt's last token."""
+    limit = min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return prompts[0][:n]
+
+
 @torch.no_grad()
 def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[list[int]],
            example_idx: list[int], temperature: list[float], generator: torch.Generator | None = None) -> Trajectories:
@@ -160,9 +175,18 @@ def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[lis
     """
     device = next(model.parameters()).device
     batch = len(prompt_ids)
-    ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
+    # The prefix every prompt shares (few-shot demonstrations) runs once; its cache is copied to
+    # every row, and the rest of each prompt follows it, left-padded: [shared | pad | rest].
+    shared = shared_prefix(prompt_ids)
+    ids, mask = left_pad([p[len(shared):] for p in prompt_ids], tokenizer.pad_token_id, device)
+    cache = None
+    if shared:
+        cache = model(input_ids=torch.tensor([shared], device=device), use_cache=True).cache
+        cache.batch_repeat_interleave(batch)
+        mask = torch.cat([torch.ones((batch, len(shared)), dtype=mask.dtype, device=device), mask], 1)
     pos = positions(mask)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos[:, len(shared):], cache=cache, use_cache=True,
+                logits_to_keep=1)
     cache, logits, last_pos = out.cache, out.logits[:, -1], pos[:, -1]
     temps = torch.tensor(temperature, dtype=torch.float32, device=device).unsqueeze(-1)
 
@@ -191,7 +215,8 @@ def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[lis
                 tokens[i].append(tok)
                 is_action[i].append(True)
                 n_actions[i] += 1
-                inserted = task.tool(tokenizer.decode(tokens[i]))
+                inserted = (task.tool(tokenizer.decode(tokens[i]))
+                            if rules.tool_fires_after is None or tok in rules.tool_fires_after else None)
                 if inserted:
                     pending[i] = tokenizer(inserted, add_special_tokens=False).input_ids
             if not pending[i] and n_actions[i] >= rules.max_actions:
