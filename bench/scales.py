@@ -21,7 +21,7 @@ SCALES: dict[str, dict[str, object]] = {
     # evaluation rows are batched wide (all splits share one pass). 32 queries per split give a
     # standard error of about 6 points on an in-distribution accuracy near 50 % (64 queries).
     "cpu": {
-        "train.steps": 40,
+        "train.steps": 32,
         "train.batch_prompts": 4,
         "train.samples_per_prompt": 4,
         "train.eval_every": 0,
