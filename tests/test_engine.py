@@ -182,3 +182,19 @@ def test_the_tool_is_asked_only_after_tokens_that_can_trigger_it(setup, monkeypa
     slow = engine.sample(examples, [1.5] * 6, torch.Generator().manual_seed(3))
     assert len(calls) == sum(slow.n_actions) > n_calls
     assert fast.tokens == slow.tokens and fast.is_action == slow.is_action
+
+
+@pytest.mark.parametrize("policy_shots", [0, 2])
+def test_base_logprobs_match_one_pass_per_row(tiny_policy, policy_shots):
+    """With worked examples in the policy prompt, the shared prefix runs once for the batch."""
+    task = ArithmeticTask(Config(n_train=20, n_valid=5, n_test=5, max_actions=12, policy_shots=policy_shots), None)
+    engine = Engine(tiny_policy, task, batch_size=8)
+    traj, _ = tool_trajectories(engine, task)
+    fast = engine.base_logprobs(traj)
+    for b in range(len(traj)):
+        prompt, tokens = traj.prompt_ids[b], traj.tokens[b]
+        with torch.no_grad(), engine.policy.base():
+            logp = engine.policy.model(input_ids=torch.tensor([prompt + tokens])).logits[0].float().log_softmax(-1)
+        slow = logp[len(prompt) - 1:-1].gather(-1, torch.tensor(tokens).unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(fast[b, :len(tokens)], slow, atol=1e-4, rtol=0)
+        assert (fast[b, len(tokens):] == 0).all()

@@ -310,9 +310,13 @@ def score(model, pad_id: int, rules: TokenRules, traj: Trajectories, *, hidden: 
 
 
 def token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], tokens: list[list[int]]) -> torch.Tensor:
-    """[B, T] log p(token_t | prompt, tokens_<t) under the model's full distribution, 0 past the end."""
+    """[B, T] log p(token_t | prompt, tokens_<t) under the model's full distribution, 0 past the end.
+
+    The prefix all prompts share (few-shot examples) runs once, its cache copied to every row, as
+    in `sample`: [shared | pad | rest of the prompt | tokens]."""
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompt_ids, pad_id, device)
+    shared = shared_prefix(prompt_ids)
+    ids, mask = left_pad([p[len(shared):] for p in prompt_ids], pad_id, device)
     width = max(1, max(len(t) for t in tokens))
     gen = torch.full((len(tokens), width), pad_id, dtype=torch.long)
     gen_mask = torch.zeros((len(tokens), width), dtype=torch.long)
@@ -321,8 +325,13 @@ def token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], tokens: list
         gen_mask[i, :len(t)] = 1
     gen, gen_mask = gen.to(device), gen_mask.to(device)
     full_mask = torch.cat([mask, gen_mask], 1)
-    out = model(input_ids=torch.cat([ids, gen], 1), attention_mask=full_mask, position_ids=positions(full_mask),
-                logits_to_keep=width + 1)
+    cache = None
+    if shared:
+        cache = model(input_ids=torch.tensor([shared], device=device), use_cache=True).cache
+        cache.batch_repeat_interleave(len(tokens))
+        full_mask = torch.cat([torch.ones((len(tokens), len(shared)), dtype=full_mask.dtype, device=device), full_mask], 1)
+    out = model(input_ids=torch.cat([ids, gen], 1), attention_mask=full_mask,
+                position_ids=positions(full_mask)[:, len(shared):], cache=cache, logits_to_keep=width + 1)
     logits = out.logits[:, :-1].float()
     logp = logits.gather(-1, gen.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     return logp.masked_fill(gen_mask == 0, 0.0)
