@@ -227,7 +227,11 @@ def plot_histories(histories: dict[str, dict[str, list[list[tuple[int, float]]]]
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    labelled = {}  # every label once, from whichever panel has it (prompting rows have no train/* curves)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labelled.setdefault(label, handle)
+    axes[0][0].legend(list(labelled.values()), list(labelled), fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -181,9 +181,11 @@ def test_scancel_of_one_array_task_loses_no_trial(tmp_path):
 def test_a_job_at_its_time_limit_is_requeued_and_its_trial_continues(tmp_path):
     # SLURM checks time limits every 30 s, so the warning (SIGUSR2) comes 40-70 s before the
     # 2-minute limit; the trial (about 1 s a step here) takes longer than that, checkpoints at its
-    # next step and continues after the requeue, possibly more than once.
+    # next step and continues after the requeue, possibly more than once. task.min_actions=16 (the
+    # smoke sweep's max_actions) keeps every sample at full length: the random tiny model would
+    # otherwise often end on one of the many newline tokens, and the trial would finish too soon.
     proc = start_sweep(tmp_path, *LONG_TRIAL, "trials=1", "launcher=slurm", "slurm=local", "max_parallel=1",
-                       "train.steps=150", "slurm.time_min=2", "slurm.signal_delay_s=40")
+                       "train.steps=150", "slurm.time_min=2", "slurm.signal_delay_s=40", "task.min_actions=16")
 
     def complete():
         try:

@@ -25,8 +25,10 @@ def run(method: str):
     policy = load_policy(ModelConfig(preset="tiny", device="cpu"), seed=0)
     task = ArithmeticTask(Config(n_demos=4, n_train=8, n_valid=4, n_test=4, max_actions=12), None)
     logged = []
+    # A fixed validation score: methods that select on it (sft keeps its best adapter) see one.
     ctx = TrainContext(policy, task, Engine(policy, task, BUDGET.batch_size), BUDGET, seed=0,
-                       log_metrics=lambda m, step: logged.append((step, m)), evaluate=lambda step: {})
+                       log_metrics=lambda m, step: logged.append((step, m)),
+                       evaluate=lambda step: {"valid/accuracy": 0.0})
     module = method_module(method)
     cfg = module.Config()
     before = [p.detach().clone() for p in policy.trainable_parameters()]

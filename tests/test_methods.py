@@ -7,6 +7,7 @@ import torch
 from methods import METHODS, gfn_tb, method_module
 from methods.base import TrainConfig, TrainContext
 from methods.engine.engine import Engine
+from methods.engine.rollout import Trajectories
 from tasks.arithmetic import ArithmeticTask, Config
 
 BUDGET = TrainConfig(steps=2, batch_prompts=2, samples_per_prompt=2, eval_every=0, batch_size=8)
@@ -64,9 +65,14 @@ def test_gradient_accumulation_over_micro_batches(tiny_policy, method, overrides
 
 
 def _sampled_scores(policy, task, n_rows=6):
+    """Sampled rows (the random tiny model often stops early: newline tokens end a sample) and the
+    demonstrations of as many queries (13 to 22 actions), scored with hidden states, and log R."""
     engine = Engine(policy, task, 8)
-    examples = task.train_examples()[:n_rows]
-    traj = engine.sample(examples, [1.0] * n_rows, torch.Generator().manual_seed(0))
+    sampled = engine.sample(task.train_examples()[:n_rows], [1.0] * n_rows, torch.Generator().manual_seed(0))
+    demos = engine.demonstrations(task.demonstrations()[:n_rows])
+    demos.example_idx = [n_rows + i for i in range(len(demos))]
+    traj = Trajectories.concat([sampled, demos])
+    examples = task.train_examples()[:n_rows] + task.demonstrations()[:n_rows]
     log_r = engine.log_reward(traj, examples, per_prefix=True)
     return traj, engine.score(traj, hidden=True), log_r
 
@@ -74,7 +80,7 @@ def _sampled_scores(policy, task, n_rows=6):
 @pytest.mark.parametrize("loss", gfn_tb.LOSSES)
 def test_every_action_of_a_sampled_batch_gets_gradient(tiny_policy, loss):
     """The first `min_actions` actions included (the reference's SubTB left them without any)."""
-    task = ArithmeticTask(Config(n_demos=4, n_train=8, n_valid=4, n_test=4, min_actions=5, max_actions=12), None)
+    task = ArithmeticTask(Config(n_demos=6, n_train=8, n_valid=4, n_test=4, min_actions=5, max_actions=24), None)
     traj, scores, log_r = _sampled_scores(tiny_policy, task)
     action_logp = scores.action_logp
     action_logp.retain_grad()
@@ -91,7 +97,7 @@ def test_every_action_of_a_sampled_batch_gets_gradient(tiny_policy, loss):
         value = gfn_tb.subtb_loss(action_logp, scores.term_logp, log_r, scores.state_mask, 1.0, log_flow)
     value.backward()
     actions = torch.arange(action_logp.shape[1]).unsqueeze(0) < n.unsqueeze(1)
-    assert min(traj.n_actions) > task.min_actions
+    assert max(traj.n_actions) > 2 * task.min_actions
     # Relative to the batch's typical gradient: a telescoped sum that cancels leaves rounding noise.
     grad = action_logp.grad[actions].abs()
     assert (grad > 1e-4 * grad.mean()).all(), action_logp.grad
@@ -99,15 +105,19 @@ def test_every_action_of_a_sampled_batch_gets_gradient(tiny_policy, loss):
 
 def test_a_forced_stop_costs_no_log_prob(tiny_policy):
     """A row cut at max_actions never chose ⊤: its log P_F is the sum of its actions alone."""
-    task = ArithmeticTask(Config(n_demos=4, n_train=8, n_valid=4, n_test=4, min_actions=2, max_actions=6), None)
-    traj, scores, _ = _sampled_scores(tiny_policy, task)
-    truncated = [i for i, done in enumerate(traj.terminated) if not done]
-    assert truncated, "the random tiny model should run into max_actions"
-    for i in truncated:
-        assert scores.term_logp[i, traj.n_actions[i]].item() == 0.0
-        assert scores.logpf[i].item() == pytest.approx(scores.action_logp[i].sum().item())
-    for i in set(range(len(traj))) - set(truncated):  # a chosen ⊤ is paid for
-        assert scores.term_logp[i, traj.n_actions[i]].item() < 0.0
+    task = ArithmeticTask(Config(n_demos=6, n_train=8, n_valid=4, n_test=4, min_actions=2, max_actions=24), None)
+    engine = Engine(tiny_policy, task, 8)
+    traj = engine.demonstrations(task.demonstrations()[:6])
+    traj.terminated = [False, True, False, True, False, True]  # the first, third and fifth were cut
+    scores = engine.score(traj)
+    for i in range(len(traj)):
+        last = scores.term_logp[i, traj.n_actions[i]].item()
+        if traj.terminated[i]:
+            assert last < 0.0  # a chosen ⊤ is paid for
+            assert scores.logpf[i].item() == pytest.approx(scores.action_logp[i].sum().item() + last)
+        else:
+            assert last == 0.0
+            assert scores.logpf[i].item() == pytest.approx(scores.action_logp[i].sum().item())
 
 
 def _step_gradients(monkeypatch, micro_batch: int, method: str, overrides: dict) -> list[torch.Tensor]:
