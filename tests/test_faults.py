@@ -180,12 +180,11 @@ def test_scancel_of_one_array_task_loses_no_trial(tmp_path):
 @needs_slurm
 def test_a_job_at_its_time_limit_is_requeued_and_its_trial_continues(tmp_path):
     # SLURM checks time limits every 30 s, so the warning (SIGUSR2) comes 40-70 s before the
-    # 2-minute limit; the trial (about 1 s a step here) takes longer than that, checkpoints at its
-    # next step and continues after the requeue, possibly more than once. task.min_actions=16 (the
-    # smoke sweep's max_actions) keeps every sample at full length: the random tiny model would
-    # otherwise often end on one of the many newline tokens, and the trial would finish too soon.
+    # 2-minute limit; the trial takes longer than that, checkpoints at its
+    # next step and continues after the requeue, possibly more than once. Since newline tokens end
+    # a sample, the random tiny model stops early and a step takes about 0.35 s: 500 steps.
     proc = start_sweep(tmp_path, *LONG_TRIAL, "trials=1", "launcher=slurm", "slurm=local", "max_parallel=1",
-                       "train.steps=150", "slurm.time_min=2", "slurm.signal_delay_s=40", "task.min_actions=16")
+                       "train.steps=500", "slurm.time_min=2", "slurm.signal_delay_s=40")
 
     def complete():
         try:
@@ -205,7 +204,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_its_trial_continues(tmp_path):
     run = trial_runs(tmp_path).iloc[0]
     assert run["tags.resumed"] == "true" and run["tags.interrupted"] == "requeue"
     # The step counter continues after the requeue: one continuous history, each step once.
-    assert loss_steps(tmp_path, run["run_id"]) == list(range(150))
+    assert loss_steps(tmp_path, run["run_id"]) == list(range(500))
     # Ctrl-C cancelled the final run's job.
     queue = lambda: subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip()
     wait_for(lambda: True if queue() == "" else None, 120, "an empty queue")
