@@ -59,18 +59,24 @@ def _sbatch(*args: str) -> str:
 
 
 def _final_accounting(job_ids: list[str], expected_rows: int) -> dict[str, tuple[str, str]]:
-    """JobID -> (State, ExitCode) from sacct, once all `expected_rows` allocations have ended."""
+    """JobID -> (State, ExitCode) from sacct, once all `expected_rows` allocations have ended.
+
+    A job that starts and ends between two slurmctld->slurmdbd messages reaches the database twice:
+    its start record already carries the final State but no ExitCode (0:0), and its completion
+    record adds the ExitCode and the End time. So a row counts as ended only once End is set.
+    """
     deadline = time.monotonic() + SACCT_TIMEOUT_S
-    rows: dict[str, tuple[str, str]] = {}
+    rows: dict[str, tuple[str, str, str]] = {}
     while time.monotonic() < deadline:
         listing = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,ExitCode"],
+            ["sacct", "-n", "-X", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,ExitCode,End"],
             capture_output=True, text=True, timeout=30)
         assert listing.returncode == 0, listing.stderr
-        rows = {job: (state, code) for job, state, code in
+        rows = {job: (state, code, end) for job, state, code, end in
                 (line.split("|") for line in listing.stdout.splitlines() if line)}
-        if len(rows) == expected_rows and all(state in FINAL_STATES for state, _ in rows.values()):
-            return rows
+        if len(rows) == expected_rows and all(state in FINAL_STATES and end not in ("", "Unknown")
+                                              for state, _, end in rows.values()):
+            return {job: (state, code) for job, (state, code, _) in rows.items()}
         time.sleep(0.2)
     pytest.fail(f"jobs {job_ids} not finished in sacct after {SACCT_TIMEOUT_S} s (last: {rows}); "
                 "see the cluster logs (slurm/dev-cluster/start.sh prints where they are)")
