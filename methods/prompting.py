@@ -1,10 +1,11 @@
 """Zero-shot and k-shot prompting: the base policy, no training (`method.shots=k`).
 
 k-shot puts the task's first k demonstrations, worked out, in front of every policy prompt:
-`policy_prompt(demo) + rationale + observation(demo) + "\\n"` each, the layout the arithmetic task
-uses for its own `policy_shots` (tests/test_baselines.py checks that they agree). The harness
-evaluates through `ctx.engine`, so giving the engine the k-shot view of the task is all it takes;
-the reward prompt is untouched.
+`policy_prompt(demo) + rationale + observation(demo) + "\\n"` each, the observation left out where
+the policy could not write it (`tasks.base.policy_demonstration`: arithmetic's ". The answer is
+14."), the layout the arithmetic task uses for its own `policy_shots` (tests/test_baselines.py
+checks that they agree). The harness evaluates through `ctx.engine`, so giving the engine the
+k-shot view of the task is all it takes; the reward prompt is untouched.
 
 `method.decoding` picks how evaluation decodes from the base LM (the paper's continuation baselines,
 section 4.1): the engine's sampler at `train.eval_temperature` (`sample`, the default), or greedy,
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 from methods.base import TrainContext
 from methods.engine.decoding import Decoding, DecodingName
-from tasks.base import Example, Task
+from tasks.base import Example, Task, policy_demonstration
 
 
 @dataclass
@@ -76,7 +77,7 @@ def few_shot(task: Task, shots: int) -> Task:
     if len(demos) < shots:
         raise ValueError(f"prompting: method.shots={shots}, but task {task.name!r} has only "
                          f"{len(demos)} demonstrations with a rationale")
-    context = "".join(task.policy_prompt(ex) + ex.rationale + task.observation(ex) + "\n" for ex in demos)
+    context = "".join(policy_demonstration(task, task.policy_prompt(ex), ex) for ex in demos)
     return FewShotTask(task, context)
 
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.base import EvalSplit, Example
+from tasks.base import EvalSplit, Example, policy_demonstration
 from tasks.calculator import calculate, chain_value
 from tasks.spec import SpecTask, load_spec
 
@@ -262,9 +262,13 @@ class ArithmeticTask(SpecTask):
             raise ValueError(f"arithmetic: reward_shots={config.reward_shots} and policy_shots="
                              f"{config.policy_shots} need {shots} demonstrations, have "
                              f"{len(self._demos)}")
-        worked = [self._worked_example(ex) for ex in self._demos[:shots]]
-        self._reward_context = "".join(worked[: config.reward_shots])
-        self._policy_context = "".join(worked[: config.policy_shots])
+        # The reward LM sees each worked example's observation (log R scores Z followed by Y); the
+        # policy sees only what it could write itself.
+        self._reward_context = self._policy_context = ""
+        for ex in self._demos[: config.reward_shots]:
+            self._reward_context += f"{super().reward_prompt(ex)}{ex.rationale}{self.observation(ex)}\n"
+        for ex in self._demos[: config.policy_shots]:
+            self._policy_context += policy_demonstration(self, super().policy_prompt(ex), ex)
 
     # --- data -----------------------------------------------------------------------------
     def train_examples(self) -> list[Example]:
@@ -298,9 +302,6 @@ class ArithmeticTask(SpecTask):
         return report
 
     # --- text the engine needs ----------------------------------------------------------------
-    def _worked_example(self, ex: Example) -> str:
-        return f"{super().reward_prompt(ex)}{ex.rationale}{self.observation(ex)}\n"
-
     def policy_prompt(self, ex: Example) -> str:
         return self._policy_context + super().policy_prompt(ex)
 

@@ -122,3 +122,17 @@ class Task(Protocol):
 
 
 ToolFn = Callable[[str], "str | None"]
+
+
+def policy_demonstration(task: Task, prompt: str, ex: Example) -> str:
+    """A worked example as a policy prompt shows it: `prompt`, the rationale, the observation
+    when the policy could write it, and a newline.
+
+    An observation with characters outside the task's `allowed_chars` (arithmetic's ". The answer
+    is 14.") is left out: shown, it teaches a continuation the token rules forbid, so a base model
+    that follows its demonstrations runs on to `max_actions` instead of stopping (the reward
+    prompt keeps it: log R scores Z followed by Y)."""
+    observation = task.observation(ex)
+    if task.allowed_chars is not None and any(c not in task.allowed_chars for c in observation):
+        observation = ""
+    return f"{prompt}{ex.rationale}{observation}\n"

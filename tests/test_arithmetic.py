@@ -137,7 +137,8 @@ def test_prompts_and_observation():
         return f"Question: {d.query} = ? Answer:{d.rationale}. The answer is {d.answer}.\n"
 
     assert demo_task.reward_prompt(ex) == worked(demos[0]) + worked(demos[1]) + question
-    assert demo_task.policy_prompt(ex) == worked(demos[0]) + question
+    # The policy's demonstrations end where its own samples end (". The answer is" is not its text).
+    assert demo_task.policy_prompt(ex) == f"Question: {demos[0].query} = ? Answer:{demos[0].rationale}\n" + question
     assert demo_task.observation(ex) == f". The answer is {ex.answer}."
     assert ArithmeticTask(Config()).policy_prompt(ex) == question
 

@@ -191,7 +191,10 @@ def test_prompting_changes_only_the_evaluated_prompts(tiny_policy):
     assert logged == [] and moved(tiny_policy, before) == 0
     ex, demo = task.validation_examples()[0], task.demonstrations()[0]
     shown = ctx.engine.task.policy_prompt(ex)
-    assert shown.startswith(f"Question: {demo.query} = ? Answer:{demo.rationale}. The answer is {demo.answer}.\n")
+    # The demonstration ends where the policy's own sample would: ". The answer is 5." is text its
+    # token rules forbid (the reward prompt keeps it).
+    assert shown.startswith(f"Question: {demo.query} = ? Answer:{demo.rationale}\nQuestion:")
+    assert "The answer is" in task.reward_prompt(ex)
     assert shown.endswith(task.policy_prompt(ex)) and shown.count("Question:") == 3
     assert ctx.engine.prompt_ids(ex) == ctx.engine.tokenizer(shown).input_ids
     assert ctx.engine.task.reward_prompt(ex) == task.reward_prompt(ex)

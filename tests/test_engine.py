@@ -40,9 +40,11 @@ def slow_log_reward(engine, ex, tokens, end, scored=None):
     return per_token.sum().item()
 
 
-@pytest.mark.parametrize("tool_outputs", [False, True])
-def test_per_prefix_reward_matches_one_pass_per_prefix(setup, tool_outputs):
+@pytest.mark.parametrize("tool_outputs,batch_size", [(False, 8), (True, 8), (True, 2)])
+def test_per_prefix_reward_matches_one_pass_per_prefix(setup, tool_outputs, batch_size):
+    """batch_size 2: the rows go in chunks sorted by length and come back in their own order."""
     engine, task = setup
+    engine.batch_size = batch_size
     task.config.reward_tool_outputs = tool_outputs  # the paper's reward scores the calculator's outputs too
     traj, examples = tool_trajectories(engine, task)
     assert not all(all(a) for a in traj.is_action), "the toy needs tool tokens"
@@ -184,12 +186,15 @@ def test_the_tool_is_asked_only_after_tokens_that_can_trigger_it(setup, monkeypa
     assert fast.tokens == slow.tokens and fast.is_action == slow.is_action
 
 
-@pytest.mark.parametrize("policy_shots", [0, 2])
-def test_base_logprobs_match_one_pass_per_row(tiny_policy, policy_shots):
-    """With worked examples in the policy prompt, the shared prefix runs once for the batch."""
+@pytest.mark.parametrize("policy_shots,batch_size", [(0, 8), (2, 8), (2, 2)])
+def test_base_logprobs_match_one_pass_per_row(tiny_policy, policy_shots, batch_size):
+    """With worked examples in the policy prompt, the shared prefix runs once for the batch;
+    with batch_size 2, rows go in chunks sorted by length and come back in their own order; a
+    repeated row gets its first occurrence's values."""
     task = ArithmeticTask(Config(n_train=20, n_valid=5, n_test=5, max_actions=12, policy_shots=policy_shots), None)
-    engine = Engine(tiny_policy, task, batch_size=8)
+    engine = Engine(tiny_policy, task, batch_size=batch_size)
     traj, _ = tool_trajectories(engine, task)
+    traj = Trajectories.concat([traj, traj.select([4, 0])])  # repeated rows are computed once, and copied
     fast = engine.base_logprobs(traj)
     for b in range(len(traj)):
         prompt, tokens = traj.prompt_ids[b], traj.tokens[b]

@@ -68,6 +68,15 @@ class Engine:
     def _chunks(self, n: int):
         return (list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size))
 
+    def _length_chunks(self, traj: Trajectories) -> tuple[list[list[int]], torch.Tensor]:
+        """Chunks of at most `batch_size` rows of similar length, and the permutation that puts
+        their concatenated results back in row order. A padded batch is as wide as its longest
+        row: rows in sampling order mix 5- and 40-token samples, so about half the tokens of a
+        chunk were padding; sorted, almost none are."""
+        order = sorted(range(len(traj)), key=lambda i: (len(traj.tokens[i]), len(traj.prompt_ids[i])))
+        chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return chunks, torch.tensor(order, dtype=torch.long).argsort()
+
     # --- sampling and scoring -------------------------------------------------------------------
     def sample(self, examples: list[Example], temperatures: list[float],
                generator: torch.Generator | None = None) -> Trajectories:
@@ -100,8 +109,9 @@ class Engine:
         For a task with `choices`: base log p_base(s, Y_gold | reward prompt), shaping the task's
         `wrong_choice_penalty` at states after which the base prefers another candidate."""
         parts, width = [], max(traj.n_actions) + 1
+        chunks, restore = self._length_chunks(traj)
         with self.policy.base():
-            for rows in self._chunks(len(traj)):
+            for rows in chunks:
                 part = traj.select(rows)
                 exs = [examples[i] for i in part.example_idx]
                 prompts = [self.reward_prompt_ids(e) for e in exs]
@@ -113,7 +123,7 @@ class Engine:
                 else:
                     r = self._choice_reward(part, exs, prompts, plans, per_prefix)
                 parts.append(r.pad(width) if per_prefix else r)
-        return LogReward.concat(parts)
+        return LogReward.concat(parts)[restore.to(parts[0].base.device)]
 
     def _choice_reward(self, part: Trajectories, exs: list[Example], prompts: list[list[int]], plans: list,
                        per_prefix: bool) -> LogReward:
@@ -133,8 +143,9 @@ class Engine:
         if not len(traj) or self.candidates(examples[traj.example_idx[0]]) is None:
             return [self.task.extract_answer(text) for text in self.texts(traj)]
         out = []
+        chunks, restore = self._length_chunks(traj)
         with self.policy.base():
-            for rows in self._chunks(len(traj)):
+            for rows in chunks:
                 part = traj.select(rows)
                 exs = [examples[i] for i in part.example_idx]
                 plans = [self.candidates(e) for e in exs]
@@ -143,17 +154,27 @@ class Engine:
                 tie = torch.tensor([plan[2] for plan in plans], device=logp.device)
                 best = preferred_choice(logp, tie).tolist()
                 out += [self.task.extract_answer(plan[0][i]) for plan, i in zip(plans, best)]
-        return out
+        return [out[i] for i in restore.tolist()]
 
     def base_logprobs(self, traj: Trajectories) -> torch.Tensor:
-        """[B, T] log p_base of every sample token (actions and tool tokens) given the policy prompt."""
+        """[B, T] log p_base of every sample token (actions and tool tokens) given the policy prompt.
+
+        Rows that repeat an earlier row (same prompt, same tokens: common among evaluation samples
+        at a low temperature) are computed once."""
+        first: dict[tuple, int] = {}
+        copy_of = [first.setdefault((tuple(p), tuple(t)), i) for i, (p, t) in enumerate(zip(traj.prompt_ids, traj.tokens))]
+        distinct = sorted(first.values())
+        unique = traj.select(distinct)
         parts, width = [], max(1, max(len(t) for t in traj.tokens))
+        chunks, restore = self._length_chunks(unique)
         with self.policy.base():
-            for rows in self._chunks(len(traj)):
-                part = traj.select(rows)
+            for rows in chunks:
+                part = unique.select(rows)
                 lp = token_logprobs(self.policy.model, self.pad_id, part.prompt_ids, part.tokens)
                 parts.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
-        return torch.cat(parts)
+        out = torch.cat(parts)[restore.to(parts[0].device)]  # rows of `unique`
+        slot = {row: j for j, row in enumerate(distinct)}
+        return out[torch.tensor([slot[c] for c in copy_of], device=out.device)]
 
     def base_loglik(self, traj: Trajectories) -> torch.Tensor:
         """[B], on the CPU: log p_base of each sample given the policy prompt: its tokens, and for a
