@@ -12,7 +12,8 @@ import torch
 
 from methods.engine.models import Policy
 from methods.engine.reward import LogReward, choice_log_reward, log_reward, observation_logprobs, preferred_choice
-from methods.engine.rollout import PrefixCache, Scores, TokenRules, Trajectories, sample, score, token_logprobs
+from methods.engine.rollout import (PrefixCache, Scores, TokenRules, Trajectories, sample, score, shared_prefix,
+                                    token_logprobs)
 from tasks.base import Example, Task
 
 
@@ -96,15 +97,18 @@ class Engine:
         return chunks, torch.tensor(order, dtype=torch.long).argsort()
 
     def reward_lengths(self, traj: Trajectories, examples: list[Example], *, per_prefix: bool) -> list[int]:
-        """Tokens of each row's one-pass reward sequence: reward prompt, sample, and per state one
-        copy of every candidate observation less its last token (methods/engine/reward.py)."""
+        """Tokens of each row's one-pass reward sequence: the reward prompt less the prefix all rows
+        share (its cache is computed once), the sample, and per state one copy of every candidate
+        observation less its last token (methods/engine/reward.py)."""
+        prompts = [self.reward_prompt_ids(examples[i]) for i in traj.example_idx]
+        shared = len(shared_prefix(prompts)) if prompts else 0
         lengths = []
         for i, tokens in enumerate(traj.tokens):
             ex = examples[traj.example_idx[i]]
             plan = self.candidates(ex)
             ys = plan[1] if plan is not None else [self.observation_ids(ex)]
             states = traj.n_actions[i] + 1 if per_prefix else 1
-            lengths.append(len(self.reward_prompt_ids(ex)) + len(tokens) + states * sum(len(y) - 1 for y in ys))
+            lengths.append(len(prompts[i]) - shared + len(tokens) + states * sum(len(y) - 1 for y in ys))
         return lengths
 
     # --- sampling and scoring -------------------------------------------------------------------
@@ -124,8 +128,15 @@ class Engine:
         return Trajectories.concat(parts)
 
     def score(self, traj: Trajectories, *, hidden: bool = False) -> Scores:
-        """Policy log-probs with gradients (the caller sizes the batch)."""
-        return score(self.policy.model, self.pad_id, self.rules, traj, hidden=hidden)
+        """Policy log-probs with gradients (the caller sizes the batch), rows in their own order.
+
+        The rows go through the model in chunks of similar length (`length_chunks`): a batch of
+        5- to 40-action samples padded to its longest row was more than half padding."""
+        chunks, restore = self.length_chunks([len(p) + len(t) for p, t in zip(traj.prompt_ids, traj.tokens)])
+        if len(chunks) == 1:
+            return score(self.policy.model, self.pad_id, self.rules, traj, hidden=hidden)
+        parts = [score(self.policy.model, self.pad_id, self.rules, traj.select(rows), hidden=hidden) for rows in chunks]
+        return Scores.concat(parts)[restore.to(parts[0].action_logp.device)]
 
     def log_reward(self, traj: Trajectories, examples: list[Example], *, per_prefix: bool) -> torch.Tensor:
         """Untempered log R per state [B, A+1] (or of the final state, [B]) under the frozen base,

@@ -284,6 +284,23 @@ class Scores:
     prompt_hidden: torch.Tensor | None  # [B, H]: last hidden state of the prompt (for log Z(x))
     state_hidden: torch.Tensor | None  # [B, A+1, H]: last hidden state of each state (for values)
 
+    def __getitem__(self, rows: torch.Tensor) -> "Scores":
+        pick = lambda x: None if x is None else x[rows]
+        return Scores(self.action_logp[rows], self.term_logp[rows], self.state_mask[rows], pick(self.prompt_hidden),
+                      pick(self.state_hidden))
+
+    @staticmethod
+    def concat(parts: list["Scores"]) -> "Scores":
+        """Rows of all parts, each padded to the most actions among them (as `score` pads a batch)."""
+        n = max(p.action_logp.shape[1] for p in parts)
+        pad = lambda x, width, value=0.0: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+        hidden = lambda x: torch.nn.functional.pad(x, (0, 0, 0, n + 1 - x.shape[1]))
+        return Scores(torch.cat([pad(p.action_logp, n) for p in parts]),
+                      torch.cat([pad(p.term_logp, n + 1) for p in parts]),
+                      torch.cat([pad(p.state_mask, n + 1, False) for p in parts]),
+                      None if parts[0].prompt_hidden is None else torch.cat([p.prompt_hidden for p in parts]),
+                      None if parts[0].state_hidden is None else torch.cat([hidden(p.state_hidden) for p in parts]))
+
     @property
     def logpf(self) -> torch.Tensor:
         """log P_F(τ) = Σ_k log q(a_k | s_{k-1}) + log q(⊤ | s_n)."""
