@@ -149,6 +149,38 @@ def measure(engine, examples, batch: int, seed: int, reference: bool) -> dict[st
     return row
 
 
+def cpu_layouts(args, task, examples) -> list[dict]:
+    """This project's step at 16 trajectories per (dtype, torch threads) on the CPU."""
+    import os
+
+    from methods.engine.engine import Engine
+    from methods.engine.models import ModelConfig, load_policy
+
+    out, reference = [], None
+    for dtype in ("float32", "bfloat16"):
+        policy = load_policy(ModelConfig(preset=args.model, dtype=dtype, device="cpu"), args.seed)
+        engine = Engine(policy, task, batch_size=64)
+        for threads in range(1, (os.cpu_count() or 1) + 1):
+            torch.set_num_threads(threads)
+            print(f"layout {dtype}, {threads} threads ...", file=sys.stderr, flush=True)
+            row = measure(engine, examples, 16, args.seed, reference=False) | {"dtype": dtype, "threads": threads}
+            out.append(row)
+        # The numeric cost of bfloat16: its rewards beside float32's on float32's last trajectories.
+        if dtype == "float32":
+            queries = [ex for ex in examples[:4] for _ in range(SAMPLES_PER_QUERY)]
+            reference = (engine.sample(queries, [1.0] * 16, torch.Generator().manual_seed(args.seed)), queries)
+            reference += (engine.log_reward(reference[0], queries, per_prefix=True).float(),)
+        else:
+            traj, queries, fp32 = reference
+            bf16 = engine.log_reward(traj, queries, per_prefix=True).float()
+            exists = torch.zeros_like(fp32, dtype=torch.bool)
+            for b, ends in enumerate(traj.state_ends()):
+                exists[b, :len(ends)] = True
+            for row in out[-(os.cpu_count() or 1):]:
+                row["reward_vs_fp32"] = float((bf16 - fp32).abs()[exists].max())
+    return out
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -207,6 +239,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-reference", action="store_true", help="time only this project's parts")
     parser.add_argument("--data-dir", default=None, help="folder of the paper's data (default: generated questions)")
     parser.add_argument("--out", default=None, help="report file (default results/perf/<cpu|gpu name>.md)")
+    parser.add_argument("--layouts", action="store_true",
+                        help="on a CPU, also time this project's step at 16 trajectories for every torch thread "
+                             "count up to the cores, in float32 and bfloat16")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -250,6 +285,10 @@ def main(argv: list[str]) -> int:
               f"({r['paper_sample'] / r['sample']:.2f}×), max reward diff {r['reward_max_diff']:.1e}"
               if "paper_reward" in r else ""), file=sys.stderr, flush=True)
 
+    layouts = []
+    if args.layouts and device.type == "cpu":
+        layouts = cpu_layouts(args, task, examples)
+
     import transformers
 
     name = device_name(device)
@@ -265,6 +304,16 @@ def main(argv: list[str]) -> int:
               "Speed-up: the paper's time over this project's (above 1: this project is faster). Score + backward "
               "and the optimizer are the same work both ways.")
     text = report(rows, header)
+    if layouts:
+        text += ("\nCPU layouts: this project's step at 16 trajectories (fresh samples per cell, so lengths differ a "
+                 "little; bfloat16's rewards against float32's on the same trajectories in the last column).\n\n"
+                 "| dtype | torch threads | actions (mean) | sample (s) | reward (s) | score + backward (s) | step (s) | "
+                 "trajectories / s | max abs Δ log R vs float32 |\n|---|---|---|---|---|---|---|---|---|\n")
+        for r in layouts:
+            step = r["sample"] + r["reward"] + r["score"] + r["optimizer"]
+            diff = "—" if r.get("reward_vs_fp32") is None else f"{r['reward_vs_fp32']:.2f}"
+            text += (f"| {r['dtype']} | {r['threads']} | {r['actions_mean']:.1f} | {r['sample']:.2f} | {r['reward']:.2f} | "
+                     f"{r['score']:.2f} | {step:.2f} | {16 / step:.2f} | {diff} |\n")
     out = Path(args.out) if args.out else REPO / "results" / "perf" / f"{'cpu' if device.type == 'cpu' else _slug(name)}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
