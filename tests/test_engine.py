@@ -75,10 +75,19 @@ def test_a_reward_without_tool_outputs_scores_only_actions_and_y(tiny_policy):
             assert fast[b, k].item() == pytest.approx(slow, abs=1e-4)
 
 
-def test_teacher_forced_scores_match_step_by_step_scoring(setup):
+@pytest.mark.parametrize("max_padding", [1.0, 0.0])
+def test_teacher_forced_scores_match_step_by_step_scoring(setup, monkeypatch, max_padding):
+    """max_padding 0: every row length is a chunk of its own, and the rows come back in order."""
     engine, task = setup
     traj, _ = tool_trajectories(engine, task)
-    scores = engine.score(traj)
+    monkeypatch.setattr("methods.engine.engine.MAX_PADDING", max_padding)
+    scores = engine.score(traj, hidden=True)
+    monkeypatch.setattr("methods.engine.engine.MAX_PADDING", 1.0)
+    whole = engine.score(traj, hidden=True)  # one padded batch
+    assert torch.equal(scores.state_mask, whole.state_mask)
+    states = whole.state_mask  # hidden states past a row's last state are never read
+    torch.testing.assert_close(scores.state_hidden[states], whole.state_hidden[states], atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores.prompt_hidden, whole.prompt_hidden, atol=1e-5, rtol=0)
     rules = engine.rules
     for b in range(len(traj)):
         prompt, tokens = traj.prompt_ids[b], traj.tokens[b]
@@ -90,6 +99,7 @@ def test_teacher_forced_scores_match_step_by_step_scoring(setup):
             assert scores.action_logp[b, k].item() == pytest.approx(logp[tok].item(), abs=1e-4)
             assert scores.term_logp[b, k].item() == pytest.approx(rules.termination_logprob(logp).item(), abs=1e-4)
         assert int(scores.state_mask[b].sum()) == len(actions) + 1
+        assert (scores.action_logp[b, len(actions):] == 0).all() and (scores.term_logp[b, len(actions) + 1:] == 0).all()
 
 
 def test_tool_tokens_are_environment_not_actions(setup):

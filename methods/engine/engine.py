@@ -12,8 +12,13 @@ import torch
 
 from methods.engine.models import Policy
 from methods.engine.reward import LogReward, choice_log_reward, log_reward, observation_logprobs, preferred_choice
-from methods.engine.rollout import Scores, TokenRules, Trajectories, sample, score, token_logprobs
+from methods.engine.rollout import (PrefixCache, Scores, TokenRules, Trajectories, sample, score, shared_prefix,
+                                    token_logprobs)
 from tasks.base import Example, Task
+
+
+MAX_PADDING = 0.25
+"""Largest share of padding tokens in a chunk of rows scored together (see Engine.length_chunks)."""
 
 
 class Engine:
@@ -28,6 +33,8 @@ class Engine:
                                     if getattr(task, "terminator_texts", ()) else [])
         # What `sample` decodes with instead of sampling (method=prompting's baselines, a
         # methods.engine.decoding.Decoding); None: the engine's own sampler.
+        # The frozen base's KV caches of shared prompt prefixes (the reward's worked examples).
+        self.base_prefixes = PrefixCache()
         self.decode: Callable[[Engine, list[Example], list[float], torch.Generator | None], Trajectories] | None = None
 
         @lru_cache(maxsize=None)
@@ -68,14 +75,41 @@ class Engine:
     def _chunks(self, n: int):
         return (list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size))
 
-    def _length_chunks(self, traj: Trajectories) -> tuple[list[list[int]], torch.Tensor]:
-        """Chunks of at most `batch_size` rows of similar length, and the permutation that puts
-        their concatenated results back in row order. A padded batch is as wide as its longest
-        row: rows in sampling order mix 5- and 40-token samples, so about half the tokens of a
-        chunk were padding; sorted, almost none are."""
-        order = sorted(range(len(traj)), key=lambda i: (len(traj.tokens[i]), len(traj.prompt_ids[i])))
-        chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+    def length_chunks(self, lengths: list[int]) -> tuple[list[list[int]], torch.Tensor]:
+        """Rows grouped for padded forward passes, and the permutation that puts the chunks'
+        concatenated results back in row order. Sorted by length, a chunk closes at `batch_size`
+        rows or before a row that would make more than `MAX_PADDING` of its tokens padding.
+
+        A padded batch is as wide as its longest row: in sampling order, 5- and 40-action samples
+        mix, and about half of a batch's tokens were padding."""
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        chunks, current, real = [], [], 0
+        for i in order:
+            width = lengths[i]  # ascending: the newest row is the widest of its chunk
+            rows = len(current) + 1
+            if current and (rows > self.batch_size or rows * width - real - width > MAX_PADDING * rows * width):
+                chunks.append(current)
+                current, real = [], 0
+            current.append(i)
+            real += width
+        if current:
+            chunks.append(current)
         return chunks, torch.tensor(order, dtype=torch.long).argsort()
+
+    def reward_lengths(self, traj: Trajectories, examples: list[Example], *, per_prefix: bool) -> list[int]:
+        """Tokens of each row's one-pass reward sequence: the reward prompt less the prefix all rows
+        share (its cache is computed once), the sample, and per state one copy of every candidate
+        observation less its last token (methods/engine/reward.py)."""
+        prompts = [self.reward_prompt_ids(examples[i]) for i in traj.example_idx]
+        shared = len(shared_prefix(prompts)) if prompts else 0
+        lengths = []
+        for i, tokens in enumerate(traj.tokens):
+            ex = examples[traj.example_idx[i]]
+            plan = self.candidates(ex)
+            ys = plan[1] if plan is not None else [self.observation_ids(ex)]
+            states = traj.n_actions[i] + 1 if per_prefix else 1
+            lengths.append(len(prompts[i]) - shared + len(tokens) + states * sum(len(y) - 1 for y in ys))
+        return lengths
 
     # --- sampling and scoring -------------------------------------------------------------------
     def sample(self, examples: list[Example], temperatures: list[float],
@@ -94,8 +128,15 @@ class Engine:
         return Trajectories.concat(parts)
 
     def score(self, traj: Trajectories, *, hidden: bool = False) -> Scores:
-        """Policy log-probs with gradients (the caller sizes the batch)."""
-        return score(self.policy.model, self.pad_id, self.rules, traj, hidden=hidden)
+        """Policy log-probs with gradients (the caller sizes the batch), rows in their own order.
+
+        The rows go through the model in chunks of similar length (`length_chunks`): a batch of
+        5- to 40-action samples padded to its longest row was more than half padding."""
+        chunks, restore = self.length_chunks([len(p) + len(t) for p, t in zip(traj.prompt_ids, traj.tokens)])
+        if len(chunks) == 1:
+            return score(self.policy.model, self.pad_id, self.rules, traj, hidden=hidden)
+        parts = [score(self.policy.model, self.pad_id, self.rules, traj.select(rows), hidden=hidden) for rows in chunks]
+        return Scores.concat(parts)[restore.to(parts[0].action_logp.device)]
 
     def log_reward(self, traj: Trajectories, examples: list[Example], *, per_prefix: bool) -> torch.Tensor:
         """Untempered log R per state [B, A+1] (or of the final state, [B]) under the frozen base,
@@ -109,7 +150,7 @@ class Engine:
         For a task with `choices`: base log p_base(s, Y_gold | reward prompt), shaping the task's
         `wrong_choice_penalty` at states after which the base prefers another candidate."""
         parts, width = [], max(traj.n_actions) + 1
-        chunks, restore = self._length_chunks(traj)
+        chunks, restore = self.length_chunks(self.reward_lengths(traj, examples, per_prefix=per_prefix))
         with self.policy.base():
             for rows in chunks:
                 part = traj.select(rows)
@@ -119,7 +160,8 @@ class Engine:
                 if plans[0] is None:
                     r = LogReward(log_reward(self.policy.model, self.pad_id, prompts,
                                              [self.observation_ids(e) for e in exs], part, per_prefix=per_prefix,
-                                             tool_tokens=getattr(self.task, "reward_tool_outputs", True)))
+                                             tool_tokens=getattr(self.task, "reward_tool_outputs", True),
+                                             prefix_memo=self.base_prefixes))
                 else:
                     r = self._choice_reward(part, exs, prompts, plans, per_prefix)
                 parts.append(r.pad(width) if per_prefix else r)
@@ -128,7 +170,7 @@ class Engine:
     def _choice_reward(self, part: Trajectories, exs: list[Example], prompts: list[list[int]], plans: list,
                        per_prefix: bool) -> LogReward:
         logp = observation_logprobs(self.policy.model, self.pad_id, prompts, [plan[1] for plan in plans], part,
-                                    per_prefix=per_prefix)
+                                    per_prefix=per_prefix, prefix_memo=self.base_prefixes)
         device = logp.device
         gold = torch.tensor([self._gold_index(e, plan[0]) for e, plan in zip(exs, plans)], device=device)
         tie = torch.tensor([plan[2] for plan in plans], device=device)
@@ -143,14 +185,15 @@ class Engine:
         if not len(traj) or self.candidates(examples[traj.example_idx[0]]) is None:
             return [self.task.extract_answer(text) for text in self.texts(traj)]
         out = []
-        chunks, restore = self._length_chunks(traj)
+        chunks, restore = self.length_chunks(self.reward_lengths(traj, examples, per_prefix=False))
         with self.policy.base():
             for rows in chunks:
                 part = traj.select(rows)
                 exs = [examples[i] for i in part.example_idx]
                 plans = [self.candidates(e) for e in exs]
                 logp = observation_logprobs(self.policy.model, self.pad_id, [self.reward_prompt_ids(e) for e in exs],
-                                            [plan[1] for plan in plans], part, per_prefix=False)[:, 0]
+                                            [plan[1] for plan in plans], part, per_prefix=False,
+                                            prefix_memo=self.base_prefixes)[:, 0]
                 tie = torch.tensor([plan[2] for plan in plans], device=logp.device)
                 best = preferred_choice(logp, tie).tolist()
                 out += [self.task.extract_answer(plan[0][i]) for plan, i in zip(plans, best)]
@@ -166,11 +209,11 @@ class Engine:
         distinct = sorted(first.values())
         unique = traj.select(distinct)
         parts, width = [], max(1, max(len(t) for t in traj.tokens))
-        chunks, restore = self._length_chunks(unique)
+        chunks, restore = self.length_chunks([len(p) + len(t) for p, t in zip(unique.prompt_ids, unique.tokens)])
         with self.policy.base():
             for rows in chunks:
                 part = unique.select(rows)
-                lp = token_logprobs(self.policy.model, self.pad_id, part.prompt_ids, part.tokens)
+                lp = token_logprobs(self.policy.model, self.pad_id, part.prompt_ids, part.tokens, self.base_prefixes)
                 parts.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
         out = torch.cat(parts)[restore.to(parts[0].device)]  # rows of `unique`
         slot = {row: j for j, row in enumerate(distinct)}

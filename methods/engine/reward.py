@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.engine.rollout import Trajectories, shared_prefix
+from methods.engine.rollout import PrefixCache, Trajectories, prefix_cache, shared_prefix
 
 
 @dataclass
@@ -96,25 +96,28 @@ def reward_row(prompt: list[int], tokens: list[int], state_ends: list[int], ys: 
 
 
 def log_reward(model, pad_id: int, reward_prompt_ids: list[list[int]], y_ids: list[list[int]],
-               traj: Trajectories, *, per_prefix: bool = True, tool_tokens: bool = True) -> torch.Tensor:
+               traj: Trajectories, *, per_prefix: bool = True, tool_tokens: bool = True,
+               prefix_memo: PrefixCache | None = None) -> torch.Tensor:
     """log p(s_k, Y | reward prompt) for every state (per_prefix) or the final state only.
 
     Returns [B, A+1] (0 for states a row does not have) or [B]. The caller disables adapters.
     """
     logp = observation_logprobs(model, pad_id, reward_prompt_ids, [[y] for y in y_ids], traj, per_prefix=per_prefix,
-                                tool_tokens=tool_tokens)
+                                tool_tokens=tool_tokens, prefix_memo=prefix_memo)
     return logp[..., 0] if per_prefix else logp[:, 0, 0]
 
 
 def observation_logprobs(model, pad_id: int, reward_prompt_ids: list[list[int]], candidates: list[list[list[int]]],
-                         traj: Trajectories, *, per_prefix: bool = True, tool_tokens: bool = True) -> torch.Tensor:
+                         traj: Trajectories, *, per_prefix: bool = True, tool_tokens: bool = True,
+                         prefix_memo: PrefixCache | None = None) -> torch.Tensor:
     """log p(s_k, Y_c | reward prompt) for every state k (or the final state) and candidate c.
 
     `candidates[b]` holds row b's candidate observations. Returns [B, A+1, C] ([B, 1, C] without
     per_prefix): 0 for states a row does not have, -inf for candidates it does not have.
     `tool_tokens=False` leaves the tool's tokens out of the sum (they stay in context): they are a
     deterministic function of the actions, so the log-probability the base LM gives them measures
-    the LM's arithmetic, not how plausible the actions are.
+    the LM's arithmetic, not how plausible the actions are. `prefix_memo` keeps the shared prompt
+    prefix's cache for later calls (the frozen base only).
     """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -141,8 +144,7 @@ def observation_logprobs(model, pad_id: int, reward_prompt_ids: list[list[int]],
             allow[b, c:n] = (keys < ce) | ((keys >= own) & (keys <= q))
     cache = None
     if shared:
-        cache = model(input_ids=torch.tensor([shared], device=device), use_cache=True).cache
-        cache.batch_repeat_interleave(len(rows))
+        cache = prefix_cache(model, shared, len(rows), prefix_memo)
         allow = torch.cat([torch.ones((len(rows), width, len(shared)), dtype=torch.bool), allow], -1)
         pos += len(shared)
     mask = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)

@@ -12,6 +12,7 @@ the same pass, tool tokens included, so they are scored in the context they were
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -154,6 +155,41 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+class PrefixCache:
+    """KV caches of shared prompt prefixes (few-shot demonstrations) under a frozen model, each
+    computed once and copied for every batch that starts with it.
+
+    Only for weights that never change while it lives (the frozen base that scores rewards and
+    likelihoods): a policy's cache would go stale at its next optimizer step."""
+
+    def __init__(self, capacity: int = 8):
+        self.capacity, self.caches = capacity, {}
+
+    def get(self, model, ids: list[int], batch: int):
+        key = tuple(ids)
+        if key not in self.caches:
+            if len(self.caches) >= self.capacity:  # a task has a prefix or two; never grow without bound
+                self.caches.pop(next(iter(self.caches)))
+            self.caches[key] = _prefix_cache(model, ids)
+        cache = copy.deepcopy(self.caches[key])
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+
+def _prefix_cache(model, ids: list[int]):
+    device = next(model.parameters()).device
+    return model(input_ids=torch.tensor([ids], device=device), use_cache=True).cache
+
+
+def prefix_cache(model, ids: list[int], batch: int, memo: PrefixCache | None = None):
+    """The KV cache of `ids`, repeated for `batch` rows (from `memo` when given)."""
+    if memo is not None:
+        return memo.get(model, ids, batch)
+    cache = _prefix_cache(model, ids)
+    cache.batch_repeat_interleave(batch)
+    return cache
+
+
 def shared_prefix(prompts: list[list[int]]) -> list[int]:
     """The longest common prefix of the prompts, short of each prompt's last token."""
     limit = min(len(p) for p in prompts) - 1
@@ -181,8 +217,7 @@ def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[lis
     ids, mask = left_pad([p[len(shared):] for p in prompt_ids], tokenizer.pad_token_id, device)
     cache = None
     if shared:
-        cache = model(input_ids=torch.tensor([shared], device=device), use_cache=True).cache
-        cache.batch_repeat_interleave(batch)
+        cache = prefix_cache(model, shared, batch)
         mask = torch.cat([torch.ones((batch, len(shared)), dtype=mask.dtype, device=device), mask], 1)
     pos = positions(mask)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos[:, len(shared):], cache=cache, use_cache=True,
@@ -249,6 +284,23 @@ class Scores:
     prompt_hidden: torch.Tensor | None  # [B, H]: last hidden state of the prompt (for log Z(x))
     state_hidden: torch.Tensor | None  # [B, A+1, H]: last hidden state of each state (for values)
 
+    def __getitem__(self, rows: torch.Tensor) -> "Scores":
+        pick = lambda x: None if x is None else x[rows]
+        return Scores(self.action_logp[rows], self.term_logp[rows], self.state_mask[rows], pick(self.prompt_hidden),
+                      pick(self.state_hidden))
+
+    @staticmethod
+    def concat(parts: list["Scores"]) -> "Scores":
+        """Rows of all parts, each padded to the most actions among them (as `score` pads a batch)."""
+        n = max(p.action_logp.shape[1] for p in parts)
+        pad = lambda x, width, value=0.0: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+        hidden = lambda x: torch.nn.functional.pad(x, (0, 0, 0, n + 1 - x.shape[1]))
+        return Scores(torch.cat([pad(p.action_logp, n) for p in parts]),
+                      torch.cat([pad(p.term_logp, n + 1) for p in parts]),
+                      torch.cat([pad(p.state_mask, n + 1, False) for p in parts]),
+                      None if parts[0].prompt_hidden is None else torch.cat([p.prompt_hidden for p in parts]),
+                      None if parts[0].state_hidden is None else torch.cat([hidden(p.state_hidden) for p in parts]))
+
     @property
     def logpf(self) -> torch.Tensor:
         """log P_F(τ) = Σ_k log q(a_k | s_{k-1}) + log q(⊤ | s_n)."""
@@ -309,11 +361,13 @@ def score(model, pad_id: int, rules: TokenRules, traj: Trajectories, *, hidden: 
     return Scores(action_logp, term_logp, state_mask, prompt_hidden, state_hidden)
 
 
-def token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], tokens: list[list[int]]) -> torch.Tensor:
+def token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], tokens: list[list[int]],
+                   prefix_memo: PrefixCache | None = None) -> torch.Tensor:
     """[B, T] log p(token_t | prompt, tokens_<t) under the model's full distribution, 0 past the end.
 
     The prefix all prompts share (few-shot examples) runs once, its cache copied to every row, as
-    in `sample`: [shared | pad | rest of the prompt | tokens]."""
+    in `sample`: [shared | pad | rest of the prompt | tokens]; `prefix_memo` keeps that cache for
+    later calls (a frozen model only)."""
     device = next(model.parameters()).device
     shared = shared_prefix(prompt_ids)
     ids, mask = left_pad([p[len(shared):] for p in prompt_ids], pad_id, device)
@@ -327,8 +381,7 @@ def token_logprobs(model, pad_id: int, prompt_ids: list[list[int]], tokens: list
     full_mask = torch.cat([mask, gen_mask], 1)
     cache = None
     if shared:
-        cache = model(input_ids=torch.tensor([shared], device=device), use_cache=True).cache
-        cache.batch_repeat_interleave(len(tokens))
+        cache = prefix_cache(model, shared, len(tokens), prefix_memo)
         full_mask = torch.cat([torch.ones((len(tokens), len(shared)), dtype=full_mask.dtype, device=device), full_mask], 1)
     out = model(input_ids=torch.cat([ids, gen], 1), attention_mask=full_mask,
                 position_ids=positions(full_mask)[:, len(shared):], cache=cache, logits_to_keep=width + 1)
