@@ -1,0 +1,41 @@
+"""bench.perf on the tiny model: its report, and its paper-style reward loop against the engine's one pass.
+
+Speed is never asserted here (the benchmark shows it); these tests check that the benchmark runs,
+compares equal work, and refuses bad input."""
+import re
+
+import torch
+
+from bench import perf
+from methods.engine.engine import Engine
+from methods.engine.rollout import Trajectories
+from tasks.arithmetic import ArithmeticTask, Config
+
+
+def test_the_paper_style_reward_loop_equals_the_one_pass_reward(tiny_policy):
+    task = ArithmeticTask(Config(n_train=8, n_valid=2, n_test=2, max_actions=12), None)
+    engine = Engine(tiny_policy, task, batch_size=3)
+    examples = task.train_examples()[:4] + task.demonstrations()[:2]
+    traj = engine.sample(examples[:4], [1.5] * 4, torch.Generator().manual_seed(0))
+    demos = engine.demonstrations(examples[4:])  # rows with calculator outputs
+    demos.example_idx = [4, 5]
+    traj = Trajectories.concat([traj, demos])
+    fast = engine.log_reward(traj, examples, per_prefix=True)
+    slow = perf.paper_per_token_rewards(engine, traj, examples)
+    for b, ends in enumerate(traj.state_ends()):
+        torch.testing.assert_close(fast[b, :len(ends)].cpu(), slow[b, :len(ends)], atol=1e-4, rtol=0)
+
+
+def test_the_benchmark_writes_its_report(tmp_path, capsys):
+    out = tmp_path / "perf.md"
+    assert perf.main(["--model", "tiny", "--batch-sizes", "4", "--device", "cpu", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| 4 |" in text and "**whole step**" in text and "commit" in text
+    diff = float(re.search(r"max \|log R - paper's log R\| over all states = (\d\.\de[+-]\d+)", text).group(1))
+    assert diff < 1e-3
+
+
+def test_bad_batch_sizes_exit_2_with_one_line(capsys):
+    assert perf.main(["--model", "tiny", "--batch-sizes", "6", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("bench.perf: --batch-sizes '6'")
