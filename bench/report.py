@@ -139,6 +139,11 @@ def _markdown(parent, cells: dict[str, dict[str, list[float]]]) -> str:
     header = ["method", *(title + arrow(metric) for metric, title, *_ in columns), "seeds"]
     if counts:
         header.append("test queries (" + " / ".join(QUERY_COUNTS[m] for m in counts) + ")")
+    # The entry's tuning trials by how they ended (the sweep logs `trials/<entry>` on its parent run,
+    # counted over every invocation of the sweep); sweeps recorded before it have no such column.
+    tallies = {key.removeprefix("trials/"): value for key, value in params.items() if key.startswith("trials/")}
+    if tallies:
+        header.append("trials")
     lines = [f"# {tags.get('sweep', '')}: leaderboard", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     def cell(row: dict[str, list[float]], metric: str, scale: float, digits: int) -> str:
@@ -153,13 +158,17 @@ def _markdown(parent, cells: dict[str, dict[str, list[float]]]) -> str:
         if counts:
             row.append(" / ".join(str(int(statistics.fmean(cells[method][m]))) if m in cells[method] else "–"
                                   for m in counts))
+        if tallies:
+            row.append(tallies.get(method, "untuned"))
         lines.append("| " + " | ".join(row) + " |")
     if not cells:
         lines.append("| (no finished final run) |" + " |" * (len(header) - 1))
     lines += ["", "Each method's best configuration (or its untuned recipe), evaluated on the test splits "
                   "(ID: in distribution, OOD: out of distribution). Accuracy: mean over seeds ± binomial "
-                  "standard error over all test queries of all seeds (per seed: the query counts in the last "
-                  "column); other columns: mean ± standard deviation over seeds."]
+                  "standard error over all test queries of all seeds (per seed: the query counts in the test queries "
+                  "column); other columns: mean ± standard deviation over seeds."
+              + (" Trials: the entry's tuning trials, run to the end (complete), stopped early by the sweep's "
+                 "pruner (pruned) or failed." if tallies else "")]
     chosen = sorted(key for key in params if key.startswith("best/"))
     if chosen:
         lines += ["", "Selected hyperparameters:", ""]

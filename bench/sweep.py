@@ -10,6 +10,7 @@ A sweep is `sweeps/<name>.yaml`:
     tasks:                                                # overrides for runs of one task
       arithmetic: {task.max_actions: 16}
     objective: {metric: valid/accuracy, direction: maximize}
+    pruner: {type: median, n_startup_trials: 5, n_warmup_steps: 0}   # optional (bench/pruning.py)
     methods:                                              # the leaderboard's rows
       gfn_tb:
         trials: 2                                         # or per scale: {smoke: 1, cpu: 0, paper: 20}
@@ -41,6 +42,10 @@ not name the same key): a recipe for a budget too small to tune, e.g.
 `untuned: {method.lr: {cpu: 1.0e-3}}` (a per-scale value needs only the scales run untuned).
 Such finals are tagged `trial=untuned`, and the leaderboard lists the entry as untuned.
 
+`pruner:` (optional, default none) stops trials that fall behind at a validation step (every
+`train.eval_every` steps): Optuna's median or Hyperband pruner, see bench/pruning.py. A pruned trial
+counts towards the budget and is not retried; its checkpoint is removed.
+
 Each entry has its own study `<sweep>.<entry>`, kept in `<run_dir>/<sweep>/optuna.journal`.
 Trials are pulled from the studies by `max_parallel` workers (bench/worker.py: local subprocesses
 or one SLURM job array) until each entry's budget is spent; a trial whose worker died or was
@@ -56,7 +61,7 @@ import contextlib
 import difflib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -67,13 +72,13 @@ import yaml
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from bench import launch, report, tracking, worker
+from bench import launch, pruning, report, tracking, worker
 from bench.config import (SWEEPS_DIR, ConfigError, Layer, RunConfig, build_config, check_choice,
                           check_task, convert, flatten, resolve_scale, slots, sweep_names)
 from bench.interrupt import Interrupted, StopRequest
 from bench.scales import SCALES
 from bench.trial import run_trial
-from methods import METHODS
+from methods import METHODS, method_module
 from tasks import TASKS
 from methods.engine.metrics import METRICS
 
@@ -141,6 +146,7 @@ class SweepSpec:
     direction: str
     methods: dict[str, MethodSpec]
     seeds: list[int] | dict[str, list[int]]
+    pruner: pruning.PrunerSpec | None = None
 
 
 class _Reader:
@@ -236,7 +242,7 @@ def load_spec(name: str) -> SweepSpec:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise read.error("", f"invalid YAML: {' '.join(str(err).split())}") from None
-    top = read.mapping(raw, "", {"description", "base", "tasks", "objective", "methods", "final"},
+    top = read.mapping(raw, "", {"description", "base", "tasks", "objective", "pruner", "methods", "final"},
                        {"description", "objective", "methods", "final"})
     if not isinstance(top["description"], str) or not top["description"].strip():
         raise read.error("description", "expected one line of text")
@@ -264,6 +270,7 @@ def load_spec(name: str) -> SweepSpec:
     direction = objective.get("direction", "maximize" if higher else "minimize")
     if direction not in ("maximize", "minimize"):
         raise read.error("objective.direction", f"expected maximize or minimize, got {direction!r}")
+    pruner = pruning.read_spec(read, top.get("pruner"))
 
     methods = {}
     for label, value in read.mapping(top["methods"], "methods").items():
@@ -302,7 +309,7 @@ def load_spec(name: str) -> SweepSpec:
     seeds = read.by_scale(final["seeds"], "final.seeds",
                           lambda s: isinstance(s, list) and s and all(type(x) is int for x in s),
                           "a non-empty list of integer seeds")
-    return SweepSpec(name, path, top["description"].strip(), base, tasks, metric, direction, methods, seeds)
+    return SweepSpec(name, path, top["description"].strip(), base, tasks, metric, direction, methods, seeds, pruner)
 
 
 def _for_scale(value: Any, scale: str, read: _Reader, where: str) -> Any:
@@ -342,6 +349,14 @@ class SweepPlan:
     methods: list[MethodPlan]
     seeds: list[int]
     overrides: dict[str, str]
+    pruner_settings: dict[str, int] = field(default_factory=dict)  # spec.pruner's values at the scale
+
+    def pruner_for(self, method: MethodPlan) -> optuna.pruners.BasePruner | None:
+        """The pruner of `method`'s study (None: no pruning); each worker sets it on its own study
+        object, since Optuna's storage does not keep pruners."""
+        if self.spec.pruner is None:
+            return None
+        return pruning.build(self.spec.pruner, self.pruner_settings, method.config.train)
 
     @property
     def folder(self) -> Path:
@@ -407,6 +422,18 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
         plans.append(MethodPlan(label, layers, config, trials, mspec.search))
     seeds = _for_scale(spec.seeds, scale, read, "final.seeds")
     plan = SweepPlan(spec, plans[0].config, plans, seeds, overrides)
+    if spec.pruner is not None:
+        plan.pruner_settings = {key: _for_scale(value, scale, read, f"pruner.{key}")
+                                for key, value in spec.pruner.settings.items()}
+        for method in plans:
+            if method.config.trainer.num_processes > 1 and getattr(method_module(method.config.method), "TRAINS", True):
+                raise read.error("pruner", f"entry {method.name} trains with trainer.num_processes="
+                                           f"{method.config.trainer.num_processes}, whose evaluations run outside the "
+                                           "trial's process, where pruning cannot reach them; use one process or pruner: none")
+            try:
+                plan.pruner_for(method)
+            except ValueError as err:
+                raise read.error("pruner", f"{err} (entry {method.name})") from None
     _check_resumable(plan)
     return plan
 
@@ -676,13 +703,16 @@ def _claimable(studies: dict[str, optuna.Study], budgets: dict[str, int]) -> boo
 def _report_trials(studies: dict[str, optuna.Study], seen: set[tuple[str, int]], metric: str, bar: tqdm) -> None:
     """One line per trial that ended since the last call."""
     for entry, study in studies.items():
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
             if (entry, t.number) in seen:
                 continue
             seen.add((entry, t.number))
             label = f"{entry} trial {t.user_attrs.get(worker.LINEAGE, t.number)}"
             if t.state == TrialState.COMPLETE:
                 bar.write(f"{label}: {metric}={t.value:.4g} {t.params}")
+            elif t.state == TrialState.PRUNED:
+                value = "" if t.last_step is None else f" ({metric}={t.intermediate_values[t.last_step]:.4g})"
+                bar.write(f"{label}: pruned at step {t.last_step}{value} {t.params}")
             elif worker.ERROR in t.user_attrs:
                 bar.write(f"{label}: FAILED: {t.user_attrs[worker.ERROR]}")
             else:
@@ -712,6 +742,8 @@ def _best_trials(plan: SweepPlan, studies: dict[str, optuna.Study], client: mlfl
     best = {}
     for method in plan.methods:
         study = studies[method.name]
+        if method.trials > 0:  # the leaderboard's count of the entry's trials, across invocations
+            client.log_param(parent_id, f"trials/{method.name}", worker.tally(study))
         if method.trials == 0:
             client.log_param(parent_id, f"best/{method.name}", UNTUNED_PARAM)
             bar.write(f"{method.name}: untuned (trials 0): its finals use the entry's settings "

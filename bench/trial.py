@@ -28,6 +28,7 @@ from bench import tracking
 from bench.config import RunConfig, flatten
 from bench.interrupt import Interrupted, StopRequest, StoppingCheckpointer
 from bench.parallel import train_in_processes
+from bench.pruning import Pruned
 from methods import method_module
 from methods.base import TrainContext
 from methods.checkpoint import Checkpointer
@@ -71,14 +72,17 @@ def run_tags(cfg: RunConfig, stage: str, trial_number: int | str | None, entry: 
 def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | None = None,
               trial_number: int | str | None = None, evaluate_test: bool = True, entry: str | None = None,
               run_id: str | None = None, checkpoint_dir: Path | None = None,
-              on_run_started: Callable[[str], None] | None = None) -> dict[str, float]:
+              on_run_started: Callable[[str], None] | None = None,
+              on_evaluate: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train `cfg.method` on `cfg.task`, evaluate, record everything; return the final metrics.
 
     `run_id`: continue this MLflow run (a resumed trial) instead of starting one; with
     `checkpoint_dir` the training state is saved there every `train.checkpoint_every` steps and
     training continues from the latest checkpoint found there. A stop request (SIGUSR2, SIGTERM;
     see bench.interrupt) ends the run KILLED after its next checkpoint and raises `Interrupted`.
-    `on_run_started` gets the run's id as soon as it exists.
+    `on_run_started` gets the run's id as soon as it exists. `on_evaluate(step, metrics)` is called
+    after each validation during training (a sweep's pruner, bench/pruning.py); when it raises
+    `Pruned`, the run ends KILLED, tagged `pruned=true` and `pruned_step`, and `Pruned` is raised.
     """
     started = time.monotonic()
     experiment_id = tracking.ensure_experiment(cfg)
@@ -100,14 +104,24 @@ def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | Non
         on_run_started(run_id)
     try:
         if cfg.trainer.num_processes > 1 and getattr(method_module(cfg.method), "TRAINS", True):
+            if on_evaluate is not None:  # plan_sweep refuses a pruner with several processes
+                raise ValueError("on_evaluate needs the run's evaluations in this process (trainer.num_processes=1)")
             metrics = train_in_processes(cfg, run_id=run_id, name=name, evaluate_test=evaluate_test,
                                          leave_bar=stage == "single", checkpoint_dir=checkpoint_dir)
         else:
             checkpoints = None if checkpoint_dir is None else StoppingCheckpointer(checkpoint_dir, cfg.train.checkpoint_every)
             metrics = train_and_evaluate(cfg, name, evaluate_test=evaluate_test, leave_bar=stage == "single",
-                                         checkpoints=checkpoints, log=tracking.RunLog(run_id))
+                                         checkpoints=checkpoints, log=tracking.RunLog(run_id), on_evaluate=on_evaluate)
         metrics["wall_time_s"] = time.monotonic() - started
         mlflow.log_metric("wall_time_s", metrics["wall_time_s"], step=cfg.train.steps)
+    except Pruned as pruned:
+        # KILLED, not FINISHED: the run stopped before its budget and has no final evaluation, so
+        # a search for FINISHED runs still finds only whole ones (as for an interrupted run, which
+        # carries `interrupted` instead of `pruned`); not FAILED: nothing went wrong.
+        mlflow.set_tags({"pruned": "true", "pruned_step": str(pruned.step)})
+        mlflow.log_metric("wall_time_s", time.monotonic() - started, step=pruned.step)
+        mlflow.end_run(status="KILLED")
+        raise
     except (KeyboardInterrupt, Interrupted) as stop:
         mlflow.set_tag("interrupted", getattr(stop, "reason", "keyboard"))
         mlflow.end_run(status="KILLED")
@@ -123,7 +137,8 @@ def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | Non
 
 def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_bar: bool,
                        checkpoints: Checkpointer | None, log: tracking.RunLog,
-                       parallel: DataParallel | None = None) -> dict[str, float]:
+                       parallel: DataParallel | None = None,
+                       on_evaluate: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train and evaluate in this process, recording into `log`'s run. With several processes
     (`parallel`, bench/parallel.py) each trains on its share of every step; process 0 records and
     evaluates, and returns the metrics (the others return {})."""
@@ -171,6 +186,8 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
         # Process 0 evaluates its copy (all copies are equal); the others wait for it.
         metrics = _prefixed(run_eval({"valid": valid}, step)) if parallel.is_main else {}
         parallel.barrier()
+        if on_evaluate is not None:
+            on_evaluate(step, metrics)  # may raise Pruned: training stops at this step
         return metrics
 
     share = cfg.train

@@ -6,7 +6,7 @@ sweep folder, `<run_dir>/<sweep>/`:
     optuna.journal          the studies (Optuna's journal file storage: safe on NFS)
     claims.lock             a lock around "is there room for one more trial? then ask one"
     heartbeats/<study>.<n>  touched every `heartbeat_s` by the worker running trial n
-    trials/<entry>/<lineage>/checkpoint/   the checkpoints of a trial and of its retries
+    trials/<entry>/<lineage>/checkpoint/   the checkpoints of a trial and of its retries (removed if it is pruned)
 
 A trial whose heartbeat is older than `stale_after_s` (its worker was killed, or its node died) is
 closed as FAIL and re-enqueued with the same parameters; the retry continues the original's
@@ -14,14 +14,17 @@ checkpoint and MLflow run (both keyed by the trial's *lineage*, the number of th
 the chain). Journal storage has no heartbeat support in Optuna 5; this is the equivalent built on
 failing stale trials and re-enqueueing them.
 
-Budget: a study is done when its counted trials (COMPLETE, or FAIL with an `error`: a run that
-failed on its own) reach its budget. Interrupted trials do not count; their retries do. Claims
-happen under the lock, counting running and waiting trials, so K workers never start more
-trials than the budget allows.
+Budget: a study is done when its counted trials (COMPLETE; PRUNED: stopped by the sweep's pruner,
+see bench/pruning.py; or FAIL with an `error`: a run that failed on its own) reach its budget.
+Interrupted trials do not count; their retries do. A pruned trial is never retried. Claims happen
+under the lock, counting running and waiting trials, so K workers never start more trials than
+the budget allows.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 import socket
 import threading
 import time
@@ -59,9 +62,19 @@ def heartbeat_file(folder: Path, study: optuna.Study, number: int) -> Path:
 
 
 def counted(study: optuna.Study) -> int:
-    """Trials that count towards the budget: completed ones and runs that failed on their own."""
+    """Trials that count towards the budget: completed and pruned ones, and runs that failed on their own."""
     return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and ERROR in t.user_attrs))
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and ERROR in t.user_attrs))
+
+
+def tally(study: optuna.Study) -> str:
+    """The counted trials by how they ended: "3 complete, 2 pruned, 1 failed" (states with none left out,
+    "0 complete" never)."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {"complete": sum(t.state == TrialState.COMPLETE for t in trials),
+              "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+              "failed": sum(t.state == TrialState.FAIL and ERROR in t.user_attrs for t in trials)}
+    return ", ".join(f"{n} {state}" for state, n in counts.items() if n or state == "complete")
 
 
 def open_trials(study: optuna.Study) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
@@ -189,9 +202,13 @@ class Worker(submitit.helpers.Checkpointable):
             # sweep) do not draw the same random start-up points.
             seed = hash((method.config.seed, self.index, len(study.trials))) % 2**31
             study.sampler = optuna.samplers.TPESampler(seed=seed)
+            # The storage does not keep a pruner: every worker sets the sweep's on its own study
+            # object, the one its trials (study.ask) report to and ask should_prune of.
+            study.pruner = plan.pruner_for(method) or optuna.pruners.NopPruner()
             studies[method.name] = study
             budgets[method.name], methods[method.name] = method.trials, method
-        done = {"completed": 0, "failed": 0, "interrupted": 0, "worker": self.index, "host": socket.gethostname()}
+        done = {"completed": 0, "pruned": 0, "failed": 0, "interrupted": 0, "worker": self.index,
+                "host": socket.gethostname()}
         while StopRequest.reason is None:
             claimed = claim(folder, studies, budgets, live, uri)
             if claimed is None:
@@ -204,6 +221,7 @@ class Worker(submitit.helpers.Checkpointable):
 
     def _run(self, plan, method, study: optuna.Study, trial: optuna.Trial, live: Liveness, uri: str) -> str:
         """Run one claimed trial and tell the study how it ended; returns the outcome's name."""
+        from bench.pruning import Pruned, reporter
         from bench.trial import run_trial
 
         attrs = trial.user_attrs
@@ -219,7 +237,15 @@ class Worker(submitit.helpers.Checkpointable):
                 result = run_trial(cfg, stage="trial", parent_run_id=self.parent_run_id, entry=method.name,
                                    trial_number=line, evaluate_test=False, run_id=attrs.get(RUN_ID),
                                    checkpoint_dir=checkpoints,
-                                   on_run_started=lambda run_id: trial.set_user_attr(RUN_ID, run_id))
+                                   on_run_started=lambda run_id: trial.set_user_attr(RUN_ID, run_id),
+                                   on_evaluate=None if plan.spec.pruner is None else reporter(trial, plan.spec.metric))
+            except Pruned as pruned:  # stopped by the pruner: counted, never retried, nothing to continue from
+                study.tell(trial, state=TrialState.PRUNED)
+                shutil.rmtree(checkpoints, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    checkpoints.parent.rmdir()  # the trial's folder, when nothing else is in it
+                print(f"{label}: pruned at step {pruned.step} ({plan.spec.metric}={pruned.value:.4g}) {params}", flush=True)
+                return "pruned"
             except Interrupted as stop:
                 with locked(claims_lock(plan.folder)):
                     retry(study, study.get_trials(deepcopy=False)[trial.number], stop.reason, None)

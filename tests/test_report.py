@@ -94,3 +94,15 @@ def test_learning_curves_draw_one_line_per_label_with_the_mean_over_runs(tmp_pat
     path = plot_histories(histories, tmp_path / "curves.png", "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_histories({"x": {"unknown/metric": [[(0, 1.0)]]}}, tmp_path / "none.png", "t") is None
+
+
+def test_each_entry_says_how_its_trials_ended(store):
+    client, experiment_id = store
+    parent = add_sweep(client, experiment_id, [("gfn_tb", 0, 0.5, "FINISHED"), ("ppo", 0, 0.25, "FINISHED")])
+    board = report.build_leaderboard(client, experiment_id, parent)
+    assert "trials" not in board.markdown.splitlines()[2]  # a sweep recorded without counts: no column
+    client.log_param(parent, "trials/gfn_tb", "3 complete, 2 pruned")  # what bench/sweep.py logs
+    lines = report.build_leaderboard(client, experiment_id, parent).markdown.splitlines()
+    assert lines[2].endswith("| seeds | trials |")
+    assert next(line for line in lines if line.startswith("| gfn_tb")).endswith("| 1 | 3 complete, 2 pruned |")
+    assert next(line for line in lines if line.startswith("| ppo")).endswith("| 1 | untuned |")
