@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 class TrainerConfig:
     """How one run trains (`trainer.<field>=...`); see bench/parallel.py."""
 
-    num_processes: int = field(default=1, metadata={
+    num_processes: int = field(default=1, metadata={"range": "[1, inf)",
         "help": "processes that train one run together through accelerate (data parallel, one node): one "
                 "per GPU, or each on a share of the CPU cores; each takes train.batch_prompts / num_processes "
                 "of every step's queries and their gradients are averaged. Methods that train nothing use one"})
@@ -63,24 +63,24 @@ class RunConfig:
         "help": "fine-tuning method; its options are `method.<field>=...`"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={
         "help": "policy LM, whose frozen base is also the reward LM (`model=tiny` picks a preset)"})
-    seed: int = field(default=0, metadata={"help": "seed of python, numpy and torch for the run"})
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]", "help": "seed of python, numpy and torch for the run"})
     scale: str = field(default="auto", metadata={
         "help": "budget preset: smoke | cpu | paper | auto (cpu without a GPU, paper with one)"})
     launcher: str = field(default="local", metadata={
         "help": "how a sweep runs its trials: " + " | ".join(LAUNCHERS)})
-    max_parallel: int = field(default=1, metadata={
+    max_parallel: int = field(default=1, metadata={"range": "[1, inf)",
         "help": "trials of a sweep that run at once (each loads its own model)"})
-    threads: int = field(default=0, metadata={
+    threads: int = field(default=0, metadata={"range": "[0, inf)",
         "help": "torch CPU threads per run; 0: all cores for a single run, cores / max_parallel for sweep runs "
                 "(threads of one run waiting on each other slow small models many times on a busy machine)"})
-    trial_timeout_min: int = field(default=24 * 60, metadata={
+    trial_timeout_min: int = field(default=24 * 60, metadata={"range": "[1, inf)",
         "help": "time limit of each local sweep job, in minutes (submitit's local default is 2; "
                 "SLURM jobs take slurm.time_min)"})
     slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={
         "help": "SLURM job settings for launcher=slurm (`slurm=<profile>` picks slurm/<profile>.yaml)"})
-    heartbeat_s: float = field(default=30.0, metadata={
+    heartbeat_s: float = field(default=30.0, metadata={"range": "(0, inf)",
         "help": "seconds between a sweep worker's heartbeats for its running trial"})
-    stale_after_s: float = field(default=300.0, metadata={
+    stale_after_s: float = field(default=300.0, metadata={"range": "(0, inf)",
         "help": "a running trial without a heartbeat for this long is taken for dead and retried "
                 "from its last checkpoint"})
     mlflow_server: bool = field(default=False, metadata={
