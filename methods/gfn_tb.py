@@ -27,7 +27,7 @@ from methods.base import WARMUP_HELP, QuerySampler, RewardTemperature, TrainCont
 from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 from methods.engine.replay import ReplayBuffer, stored_log_rewards
 from methods.engine.rollout import Trajectories
-from tasks.base import Example
+from tasks.base import Example, Task
 
 LOSSES = ("tb", "subtb", "vargrad")
 REPLAYS = ("uniform", "reward")
@@ -132,11 +132,20 @@ class UnseededQueries:
         self.pending = {query: self.pending[query] for query in state["pending"]}
 
 
-def train(ctx: TrainContext, cfg: Config) -> None:
+def check(cfg: Config, task: Task) -> None:
+    """Refuse, before a run starts, what no single setting's range can say (the harness calls
+    this; `train` too)."""
     if cfg.loss not in LOSSES:
         raise ValueError(f"method.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
     if cfg.replay not in REPLAYS:
         raise ValueError(f"method.replay must be one of {', '.join(REPLAYS)}, got {cfg.replay!r}")
+    if cfg.pf_temp_low > cfg.pf_temp_high:
+        raise ValueError(f"method.pf_temp_low: expected at most method.pf_temp_high ({cfg.pf_temp_high}), "
+                         f"got {cfg.pf_temp_low}")
+
+
+def train(ctx: TrainContext, cfg: Config) -> None:
+    check(cfg, ctx.task)
     engine, policy, budget = ctx.engine, ctx.policy, ctx.train
     device = policy.device
     rng = random.Random(ctx.seed)
