@@ -4,13 +4,17 @@ A run is described by `RunConfig`: the dataclass defaults, then layers of overri
 order (the task's `method_defaults` from tasks/<task>.yaml < scale preset < sweep YAML < command
 line < Optuna suggestions; see `build_config`). Keys are
 dotted paths (`train.steps`, `model.lora.r`); `task.*` and `method.*` address the Config dataclass
-of the selected task and method. Values are parsed by the field's type, and every mistake is a
-`ConfigError` whose message is one line naming the key.
+of the selected task and method. Values are parsed by the field's type (numbers from ASCII digits
+only), a numeric value must lie in the range its field declares (`metadata={"range": "[1, inf)"}`,
+see methods/base.py), and every mistake is a `ConfigError` whose message is one line naming the
+key, with long values shortened.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from bench.launch import LAUNCHERS, SlurmConfig, load_profile
+from bench.ranges import Range
 from bench.scales import SCALES
 from methods import METHODS, method_module
 from methods.base import TrainConfig
@@ -30,15 +35,36 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_DIR = REPO_ROOT / "sweeps"
 
 
+SHOWN = 60
+"""Characters of a value that an error message shows; a longer one is cut, with '...'."""
+LONGEST_WORD = 200
+"""A ConfigError cuts any run of non-space characters longer than this (a value echoed by a task's
+own check, say), so that a message stays one readable line whoever wrote it."""
+
+
+def shown(value: Any) -> str:
+    """repr(value) for an error message, cut to SHOWN characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
+
+
+def _cut(word: re.Match) -> str:
+    return word[0][:LONGEST_WORD - 3] + "..."
+
+
 class ConfigError(ValueError):
     """A bad setting; the message is one line that names the key or file."""
+
+    def __init__(self, message: str):
+        one_line = re.sub(r"\s*\n\s*", " ", str(message))
+        super().__init__(re.sub(rf"\S{{{LONGEST_WORD + 1},}}", _cut, one_line))
 
 
 @dataclass
 class TrainerConfig:
     """How one run trains (`trainer.<field>=...`); see bench/parallel.py."""
 
-    num_processes: int = field(default=1, metadata={
+    num_processes: int = field(default=1, metadata={"range": "[1, inf)",
         "help": "processes that train one run together through accelerate (data parallel, one node): one "
                 "per GPU, or each on a share of the CPU cores; each takes train.batch_prompts / num_processes "
                 "of every step's queries and their gradients are averaged. Methods that train nothing use one"})
@@ -63,24 +89,24 @@ class RunConfig:
         "help": "fine-tuning method; its options are `method.<field>=...`"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={
         "help": "policy LM, whose frozen base is also the reward LM (`model=tiny` picks a preset)"})
-    seed: int = field(default=0, metadata={"help": "seed of python, numpy and torch for the run"})
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]", "help": "seed of python, numpy and torch for the run"})
     scale: str = field(default="auto", metadata={
         "help": "budget preset: smoke | cpu | paper | auto (cpu without a GPU, paper with one)"})
     launcher: str = field(default="local", metadata={
         "help": "how a sweep runs its trials: " + " | ".join(LAUNCHERS)})
-    max_parallel: int = field(default=1, metadata={
+    max_parallel: int = field(default=1, metadata={"range": "[1, inf)",
         "help": "trials of a sweep that run at once (each loads its own model)"})
-    threads: int = field(default=0, metadata={
+    threads: int = field(default=0, metadata={"range": "[0, inf)",
         "help": "torch CPU threads per run; 0: all cores for a single run, cores / max_parallel for sweep runs "
                 "(threads of one run waiting on each other slow small models many times on a busy machine)"})
-    trial_timeout_min: int = field(default=24 * 60, metadata={
+    trial_timeout_min: int = field(default=24 * 60, metadata={"range": "[1, inf)",
         "help": "time limit of each local sweep job, in minutes (submitit's local default is 2; "
                 "SLURM jobs take slurm.time_min)"})
     slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={
         "help": "SLURM job settings for launcher=slurm (`slurm=<profile>` picks slurm/<profile>.yaml)"})
-    heartbeat_s: float = field(default=30.0, metadata={
+    heartbeat_s: float = field(default=30.0, metadata={"range": "(0, inf)",
         "help": "seconds between a sweep worker's heartbeats for its running trial"})
-    stale_after_s: float = field(default=300.0, metadata={
+    stale_after_s: float = field(default=300.0, metadata={"range": "(0, inf)",
         "help": "a running trial without a heartbeat for this long is taken for dead and retried "
                 "from its last checkpoint"})
     mlflow_server: bool = field(default=False, metadata={
@@ -139,6 +165,10 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_INT = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+_FLOAT = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
+
+
 def _parse_text(text: str, tp: Any) -> Any:
     """A command-line string as a value of type `tp`; ValueError if it is not one."""
     inner = _optional_inner(tp)
@@ -159,9 +189,13 @@ def _parse_text(text: str, tp: Any) -> Any:
         if lowered not in ("true", "false"):
             raise ValueError
         return lowered == "true"
-    if tp is int:
+    if tp is int:  # int() and float() also take '٣', '1_000' and 'inf'; a setting takes ASCII digits
+        if not _INT.fullmatch(text):
+            raise ValueError
         return int(text)
     if tp is float:
+        if not _FLOAT.fullmatch(text):
+            raise ValueError
         return float(text)
     if tp is str:
         # Quotes let a value keep a leading/trailing space or look like null: name='null'.
@@ -199,7 +233,21 @@ def convert(key: str, value: Any, tp: Any) -> Any:
     try:
         return _check_value(value, tp)
     except (ValueError, KeyError):
-        raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}") from None
+        raise ConfigError(f"{key}: expected {type_name(tp)}, got {shown(value)}") from None
+
+
+# --- ranges -----------------------------------------------------------------------------------
+
+def check_range(key: str, value: Any, rng: Range | None) -> None:
+    """ConfigError unless `value` (a number, a list of numbers, or None) lies in `rng`."""
+    if rng is None or value is None:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, float) and not math.isfinite(item):
+            what = "a finite number" + ("" if rng.describe() == "any number" else f" {rng.describe()}")
+            raise ConfigError(f"{key}: expected {what}, got {item}")
+        if not rng.contains(item):
+            raise ConfigError(f"{key}: expected {rng.describe()}, got {shown(item)}")
 
 
 # --- the key space ----------------------------------------------------------------------------
@@ -213,6 +261,7 @@ class Slot:
     name: str
     type: Any
     help: str
+    range: Range | None = None
 
 
 def _slots(obj: Any, prefix: str, out: dict[str, Slot]) -> None:
@@ -224,7 +273,8 @@ def _slots(obj: Any, prefix: str, out: dict[str, Slot]) -> None:
         elif dataclasses.is_dataclass(value):
             _slots(value, f"{prefix}{f.name}.", out)
         else:
-            out[prefix + f.name] = Slot(obj, f.name, hints[f.name], f.metadata.get("help", ""))
+            rng = Range.parse(f.metadata["range"]) if "range" in f.metadata else None
+            out[prefix + f.name] = Slot(obj, f.name, hints[f.name], f.metadata.get("help", ""), rng)
 
 
 def slots(cfg: RunConfig) -> dict[str, Slot]:
@@ -235,9 +285,17 @@ def slots(cfg: RunConfig) -> dict[str, Slot]:
 
 
 def _unknown_key(key: str, known: Sequence[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) if len(key) <= SHOWN else []
     hint = f"; did you mean '{close[0]}'?" if close else "; see python -m bench.run --help"
-    return ConfigError(f"unknown key '{key}'{hint}")
+    return ConfigError(f"unknown key {shown(key)}{hint}")
+
+
+def check_setting(key: str, value: Any, slot: Slot) -> Any:
+    """`value` typed for `slot` and checked against its range (a sweep's search bounds, say);
+    ConfigError naming `key` if it is not a value the setting takes."""
+    value = convert(key, value, slot.type)
+    check_range(key, value, slot.range)
+    return value
 
 
 # --- overrides ------------------------------------------------------------------------------
@@ -247,20 +305,31 @@ Layer = tuple[str | None, Mapping[str, Any]]
 key -> value). Values are strings from the command line or typed values from YAML and Optuna."""
 
 
+ALIASES = {"model": "model.preset", "slurm": "slurm.profile"}
+"""Short keys of the command line and the key each one sets."""
+
+
 def parse_overrides(args: Sequence[str]) -> dict[str, str]:
-    """`["a.b=1", "c=x"]` -> `{"a.b": "1", "c": "x"}` (a repeated key: the last one wins)."""
+    """`["a.b=1", "c=x"]` -> `{"a.b": "1", "c": "x"}`; a key given twice (or with its alias,
+    `model=` and `model.preset=`) is an error rather than a silent last-one-wins."""
     out: dict[str, str] = {}
+    given: dict[str, str] = {}  # key as ALIASES resolve it -> the argument that set it
     for arg in args:
         key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"expected key=value, got {arg!r}")
-        out[key.strip()] = value
+        if not sep or not key.strip():
+            raise ConfigError(f"expected key=value, got {shown(arg)}")
+        key = key.strip()
+        canonical = ALIASES.get(key, key)
+        if canonical in given:
+            raise ConfigError(f"{canonical}: given twice ({shown(given[canonical])} and {shown(arg)}); keep one")
+        given[canonical] = arg
+        out[key] = value
     return out
 
 
 def check_choice(kind: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(choices)}")
+        raise ConfigError(f"unknown {kind} {shown(value)}; choose one of: {', '.join(choices)}")
     return value
 
 
@@ -324,31 +393,23 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
             if key in chosen or key == "slurm.profile":
                 continue
             try:
-                _set(known, "model.preset" if key == "model" else key, value)
+                _set(known, ALIASES.get(key, key), value)
             except ConfigError as err:
                 raise ConfigError(f"{source}: {err}" if source else str(err)) from None
     check_choice("model preset", cfg.model.preset, list(PRESETS))
     check_choice("model dtype", cfg.model.dtype, list(DTYPES))
     if cfg.sweep is not None:
         check_choice("sweep", cfg.sweep, sweep_names())
-    for key in ("max_parallel", "trial_timeout_min"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key}: expected at least 1, got {getattr(cfg, key)}")
-    if cfg.train.checkpoint_every < 0:
-        raise ConfigError(f"train.checkpoint_every: expected 0 (never) or more, got {cfg.train.checkpoint_every}")
-    if cfg.heartbeat_s <= 0 or cfg.stale_after_s <= cfg.heartbeat_s:
-        raise ConfigError(f"heartbeat_s ({cfg.heartbeat_s}) must be positive and below stale_after_s "
-                          f"({cfg.stale_after_s})")
+    for key, slot in known.items():  # the defaults too (each override was checked as it was set)
+        check_range(key, getattr(slot.owner, slot.name), slot.range)
+    if cfg.stale_after_s <= cfg.heartbeat_s:
+        raise ConfigError(f"heartbeat_s ({cfg.heartbeat_s}) must be below stale_after_s ({cfg.stale_after_s})")
     n = cfg.trainer.num_processes
-    if n < 1:
-        raise ConfigError(f"trainer.num_processes: expected at least 1, got {n}")
     if cfg.train.batch_prompts % n:
         raise ConfigError(f"train.batch_prompts={cfg.train.batch_prompts} is not a multiple of trainer.num_processes={n}: "
                           "each process trains on an equal share of every step's queries")
     if cfg.launcher == "slurm" and 0 < cfg.slurm.gpus_per_node < n:
         raise ConfigError(f"trainer.num_processes={n} needs a GPU each, but slurm.gpus_per_node={cfg.slurm.gpus_per_node}")
-    if cfg.threads < 0:
-        raise ConfigError(f"threads: expected 0 (torch's default) or more, got {cfg.threads}")
     # Absolute, so that trial subprocesses and the printed commands do not depend on the cwd.
     cfg.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
     cfg.results_dir = str(Path(cfg.results_dir).expanduser().resolve())
@@ -358,7 +419,8 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
 def check_task(cfg: RunConfig) -> None:
     """Build the task once, so that a bad `task.*` value or a missing data file is reported
     before a run or a sweep starts writing anything; then let the method refuse settings that
-    cannot work on it (a method module may define `check(cfg, task)`)."""
+    cannot work on it (a method module may define `check(cfg, task)`: what one value's range
+    cannot say, such as one setting below another)."""
     try:
         task = task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
         check = getattr(method_module(cfg.method), "check", None)
@@ -372,7 +434,7 @@ def _set(known: dict[str, Slot], key: str, value: Any) -> None:
     slot = known.get(key)
     if slot is None:
         raise _unknown_key(key, [*known, "model"])
-    setattr(slot.owner, slot.name, convert(key, value, slot.type))
+    setattr(slot.owner, slot.name, check_setting(key, value, slot))
 
 
 def flatten(cfg: RunConfig) -> dict[str, Any]:
@@ -383,9 +445,18 @@ def flatten(cfg: RunConfig) -> dict[str, Any]:
 # --- help -----------------------------------------------------------------------------------
 
 
+def _type_and_range(slot: Slot) -> str:
+    """`int ≥ 1`, `float in [0, 1]`, `int ≥ 1 or null`."""
+    symbol = slot.range.symbol() if slot.range is not None else ""
+    if not symbol:
+        return type_name(slot.type)
+    inner = _optional_inner(slot.type)
+    return f"{type_name(inner)} {symbol} or null" if inner is not None else f"{type_name(slot.type)} {symbol}"
+
+
 def describe(known: Mapping[str, Slot]) -> list[str]:
-    """`  key  type = default  help`, aligned, for each key."""
-    rows = [(key, f"{type_name(s.type)} = {getattr(s.owner, s.name)!r}", s.help)
+    """`  key  type range = default  help`, aligned, for each key."""
+    rows = [(key, f"{_type_and_range(s)} = {getattr(s.owner, s.name)!r}", s.help)
             for key, s in known.items()]
     width_key = max(len(r[0]) for r in rows)
     width_type = max(len(r[1]) for r in rows)

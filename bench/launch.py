@@ -32,12 +32,12 @@ class SlurmConfig:
     account: str | None = field(default=None, metadata={"help": "account to charge (sbatch --account)"})
     qos: str | None = field(default=None, metadata={"help": "quality of service (sbatch --qos)"})
     constraint: str | None = field(default=None, metadata={"help": "node features (sbatch --constraint)"})
-    gpus_per_node: int = field(default=0, metadata={"help": "GPUs per job"})
-    cpus_per_task: int = field(default=1, metadata={"help": "CPU cores per job"})
-    mem_gb: int = field(default=8, metadata={"help": "memory per job, GiB"})
-    time_min: int = field(default=60, metadata={
+    gpus_per_node: int = field(default=0, metadata={"range": "[0, inf)", "help": "GPUs per job"})
+    cpus_per_task: int = field(default=1, metadata={"range": "[1, inf)", "help": "CPU cores per job"})
+    mem_gb: int = field(default=8, metadata={"range": "[1, inf)", "help": "memory per job, GiB"})
+    time_min: int = field(default=60, metadata={"range": "[1, inf)",
         "help": "time limit of a job in minutes; a job that reaches it checkpoints and is requeued"})
-    signal_delay_s: int = field(default=90, metadata={
+    signal_delay_s: int = field(default=90, metadata={"range": "[0, inf)",
         "help": "seconds before the time limit at which the job is told to checkpoint (SIGUSR2); "
                 "must exceed one training step plus saving a checkpoint"})
     setup: list[str] = field(default_factory=list, metadata={

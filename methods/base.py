@@ -2,6 +2,14 @@
 
 The harness builds a `TrainContext` (policy, task, budget, logging callbacks) and calls the method
 module's `train(ctx, cfg)`. A method learns; it does not know about MLflow, Optuna or launchers.
+
+Settings are dataclass fields with `metadata={"help": ...}`, and every numeric one (int, float,
+optional or not) declares the values it takes as an interval next to its help:
+`"range": "[1, inf)"` (at least 1), `"(0, inf)"` (above 0), `"[0, 1]"` (a probability),
+`"(-inf, inf)"` (any finite number); an infinite bound is open, so inf and nan are never taken.
+bench/config.py checks every value against it before a run or sweep starts and shows it in
+`--help`; a test fails for a numeric field without one. What one range cannot say (a setting
+below another) is for the method's `check(cfg, task)`, which the harness also calls first.
 """
 from __future__ import annotations
 
@@ -22,16 +30,16 @@ from tasks.base import Example, Task
 class TrainConfig:
     """Budget and evaluation protocol, shared by every method (`train.<field>=...`)."""
 
-    steps: int = field(default=200, metadata={"help": "optimizer steps"})
-    batch_prompts: int = field(default=4, metadata={"help": "distinct queries per optimizer step"})
-    samples_per_prompt: int = field(default=4, metadata={"help": "trajectories per query per step"})
-    eval_every: int = field(default=50, metadata={"help": "evaluate on the validation split every N steps (0: only at the end)"})
-    eval_prompts: int = field(default=100, metadata={"help": "queries per evaluation split (capped by the split size)"})
-    eval_samples: int = field(default=10, metadata={"help": "samples per query at evaluation; the answer is their majority vote (paper: 10)"})
-    eval_temperature: float = field(default=0.1, metadata={"help": "sampling temperature at evaluation (paper: 0.1)"})
-    batch_size: int = field(default=64, metadata={"help": "sequences per forward pass when sampling or scoring without gradients"})
-    log_samples: int = field(default=8, metadata={"help": "sample rationales kept in the run's table"})
-    checkpoint_every: int = field(default=10, metadata={
+    steps: int = field(default=200, metadata={"range": "[1, inf)", "help": "optimizer steps"})
+    batch_prompts: int = field(default=4, metadata={"range": "[1, inf)", "help": "distinct queries per optimizer step"})
+    samples_per_prompt: int = field(default=4, metadata={"range": "[1, inf)", "help": "trajectories per query per step"})
+    eval_every: int = field(default=50, metadata={"range": "[0, inf)", "help": "evaluate on the validation split every N steps (0: only at the end)"})
+    eval_prompts: int = field(default=100, metadata={"range": "[1, inf)", "help": "queries per evaluation split (capped by the split size)"})
+    eval_samples: int = field(default=10, metadata={"range": "[1, inf)", "help": "samples per query at evaluation; the answer is their majority vote (paper: 10)"})
+    eval_temperature: float = field(default=0.1, metadata={"range": "(0, inf)", "help": "sampling temperature at evaluation (paper: 0.1)"})
+    batch_size: int = field(default=64, metadata={"range": "[1, inf)", "help": "sequences per forward pass when sampling or scoring without gradients"})
+    log_samples: int = field(default=8, metadata={"range": "[0, inf)", "help": "sample rationales kept in the run's table"})
+    checkpoint_every: int = field(default=10, metadata={"range": "[0, inf)",
         "help": "steps between checkpoints of the training state, and one at the last step (0: never); "
                 "a restarted run continues after its latest checkpoint"})
 
@@ -66,11 +74,11 @@ class RewardTemperature:
     first `reward_temp_horizon_frac` of the run, then fixed. Given as a fraction of `train.steps`
     so that any budget runs the whole schedule (arithmetic: 1.1 -> 0.5 over 150 of 2,000 steps)."""
 
-    reward_temp_start: float = field(default=1.1, metadata={"help": "reward temperature at step 0"})
-    reward_temp_end: float = field(default=0.5, metadata={"help": "reward temperature after the horizon"})
-    reward_temp_horizon_frac: float = field(default=0.075, metadata={
-        "help": "fraction of train.steps over which the reward temperature moves from start to end, "
-                "in [0, 1] (paper arithmetic: 150 of 2,000 steps = 0.075; 0: the end value throughout)"})
+    reward_temp_start: float = field(default=1.1, metadata={"range": "(0, inf)", "help": "reward temperature at step 0"})
+    reward_temp_end: float = field(default=0.5, metadata={"range": "(0, inf)", "help": "reward temperature after the horizon"})
+    reward_temp_horizon_frac: float = field(default=0.075, metadata={"range": "[0, 1]",
+        "help": "fraction of train.steps over which the reward temperature moves from start to end "
+                "(paper arithmetic: 150 of 2,000 steps = 0.075; 0: the end value throughout)"})
 
     def reward_temperature(self, step: int, total_steps: int) -> float:
         """T at `step` of a run of `total_steps`: with a horizon of 1 the last step is at the end value."""
@@ -81,7 +89,7 @@ class RewardTemperature:
         return self.reward_temp_start + frac * (self.reward_temp_end - self.reward_temp_start)
 
 
-WARMUP_HELP = ("fraction of train.steps over which the learning rate rises linearly to its value, in [0, 1] "
+WARMUP_HELP = ("fraction of train.steps over which the learning rate rises linearly to its value "
                "(paper: 20 of 2,000 steps = 0.01; at least one step)")
 
 

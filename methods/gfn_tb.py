@@ -27,7 +27,7 @@ from methods.base import WARMUP_HELP, QuerySampler, RewardTemperature, TrainCont
 from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 from methods.engine.replay import ReplayBuffer, stored_log_rewards
 from methods.engine.rollout import Trajectories
-from tasks.base import Example
+from tasks.base import Example, Task
 
 LOSSES = ("tb", "subtb", "vargrad")
 REPLAYS = ("uniform", "reward")
@@ -36,24 +36,24 @@ REPLAYS = ("uniform", "reward")
 @dataclass
 class Config(RewardTemperature):
     loss: str = field(default="subtb", metadata={"help": f"objective: {' | '.join(LOSSES)}"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate of the LoRA parameters (paper: 1e-4)"})
-    lr_logz: float = field(default=1e-2, metadata={
+    lr: float = field(default=1e-4, metadata={"range": "(0, inf)", "help": "learning rate of the LoRA parameters (paper: 1e-4)"})
+    lr_logz: float = field(default=1e-2, metadata={"range": "[0, inf)",
         "help": "learning rate of the flow head: log Z(x) for tb, log F(s) at the states where ⊤ is forbidden for subtb"})
-    logz_init: float | None = field(default=None, metadata={
+    logz_init: float | None = field(default=None, metadata={"range": "(-inf, inf)",
         "help": "initial log Z(x) of tb and subtb's flow head; unset: the first batch's estimate (the mean of "
                 "log R/T - log P_F), so that a far-off start does not dominate the first steps"})
-    subtb_lambda: float = field(default=1.0, metadata={"help": "weight λ^(j-i-1) of a sub-trajectory of length j-i (paper: 1)"})
-    warmup_frac: float = field(default=0.01, metadata={"help": WARMUP_HELP})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    p_replay: float = field(default=0.25, metadata={"help": "share of queries whose samples come from the replay buffer (a query with an empty buffer samples tempered instead)"})
-    p_tempered: float = field(default=0.5, metadata={"help": "share of queries sampled at a temperature T ~ U[pf_temp_low, pf_temp_high]; the remaining 1 - p_replay - p_tempered sample on-policy at T=1"})
-    pf_temp_low: float = field(default=0.5, metadata={"help": "lowest sampling temperature of tempered exploration"})
-    pf_temp_high: float = field(default=2.0, metadata={"help": "highest sampling temperature of tempered exploration"})
+    subtb_lambda: float = field(default=1.0, metadata={"range": "[0, inf)", "help": "weight λ^(j-i-1) of a sub-trajectory of length j-i (paper: 1)"})
+    warmup_frac: float = field(default=0.01, metadata={"range": "[0, 1]", "help": WARMUP_HELP})
+    max_grad_norm: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
+    p_replay: float = field(default=0.25, metadata={"range": "[0, 1]", "help": "share of queries whose samples come from the replay buffer (a query with an empty buffer samples tempered instead)"})
+    p_tempered: float = field(default=0.5, metadata={"range": "[0, 1]", "help": "share of queries sampled at a temperature T ~ U[pf_temp_low, pf_temp_high]; the remaining 1 - p_replay - p_tempered, if any, sample on-policy at T=1"})
+    pf_temp_low: float = field(default=0.5, metadata={"range": "(0, inf)", "help": "lowest sampling temperature of tempered exploration"})
+    pf_temp_high: float = field(default=2.0, metadata={"range": "(0, inf)", "help": "highest sampling temperature of tempered exploration"})
     replay: str = field(default="uniform", metadata={
         "help": "how a replayed query draws its buffer items: uniform (the paper) | reward (in proportion to "
                 "R^(1/T) at the current reward temperature: the best items, seeded demonstrations included, "
                 "come back most)"})
-    buffer_size: int = field(default=50, metadata={"help": "replay buffer items kept per query (highest reward first)"})
+    buffer_size: int = field(default=50, metadata={"range": "[1, inf)", "help": "replay buffer items kept per query (highest reward first)"})
     seed_buffer: bool = field(default=True, metadata={"help": "seed a query's buffer when first drawn: base-LM samples after the task's seed prompt (SUBJ), else its worked rationales"})
 
 
@@ -132,11 +132,20 @@ class UnseededQueries:
         self.pending = {query: self.pending[query] for query in state["pending"]}
 
 
-def train(ctx: TrainContext, cfg: Config) -> None:
+def check(cfg: Config, task: Task) -> None:
+    """Refuse, before a run starts, what no single setting's range can say (the harness calls
+    this; `train` too)."""
     if cfg.loss not in LOSSES:
         raise ValueError(f"method.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
     if cfg.replay not in REPLAYS:
         raise ValueError(f"method.replay must be one of {', '.join(REPLAYS)}, got {cfg.replay!r}")
+    if cfg.pf_temp_low > cfg.pf_temp_high:
+        raise ValueError(f"method.pf_temp_low: expected at most method.pf_temp_high ({cfg.pf_temp_high}), "
+                         f"got {cfg.pf_temp_low}")
+
+
+def train(ctx: TrainContext, cfg: Config) -> None:
+    check(cfg, ctx.task)
     engine, policy, budget = ctx.engine, ctx.policy, ctx.train
     device = policy.device
     rng = random.Random(ctx.seed)

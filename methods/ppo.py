@@ -19,16 +19,16 @@ from methods.engine.rollout import Scores, Trajectories
 
 @dataclass
 class Config(RewardTemperature):
-    lr: float = field(default=1e-4, metadata={"help": "learning rate of the LoRA parameters and the value head"})
-    kl_coef: float = field(default=0.05, metadata={"help": "per-token KL penalty to the base model"})
-    clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clipping ε"})
-    vf_coef: float = field(default=0.1, metadata={"help": "weight of the value loss"})
-    gamma: float = field(default=1.0, metadata={"help": "discount"})
-    lam: float = field(default=0.95, metadata={"help": "GAE λ"})
-    ppo_epochs: int = field(default=2, metadata={"help": "optimization passes over each batch of rollouts"})
+    lr: float = field(default=1e-4, metadata={"range": "(0, inf)", "help": "learning rate of the LoRA parameters and the value head"})
+    kl_coef: float = field(default=0.05, metadata={"range": "[0, inf)", "help": "per-token KL penalty to the base model"})
+    clip_range: float = field(default=0.2, metadata={"range": "(0, inf)", "help": "PPO ratio clipping ε"})
+    vf_coef: float = field(default=0.1, metadata={"range": "[0, inf)", "help": "weight of the value loss"})
+    gamma: float = field(default=1.0, metadata={"range": "[0, 1]", "help": "discount"})
+    lam: float = field(default=0.95, metadata={"range": "[0, 1]", "help": "GAE λ"})
+    ppo_epochs: int = field(default=2, metadata={"range": "[1, inf)", "help": "optimization passes over each batch of rollouts"})
     whiten_advantages: bool = field(default=True, metadata={"help": "normalize advantages to zero mean and unit variance per batch (each process's own share with trainer.num_processes > 1)"})
-    warmup_frac: float = field(default=0.01, metadata={"help": WARMUP_HELP})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    warmup_frac: float = field(default=0.01, metadata={"range": "[0, 1]", "help": WARMUP_HELP})
+    max_grad_norm: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,24 +24,24 @@ from tasks.base import Example, Task, policy_demonstration
 
 @dataclass
 class Config:
-    shots: int = field(default=0, metadata={
+    shots: int = field(default=0, metadata={"range": "[0, inf)",
         "help": "worked demonstrations in front of each policy prompt (0: zero-shot)"})
     decoding: DecodingName = field(default="sample", metadata={
         "help": "how evaluation decodes its n = train.eval_samples samples per query from the base LM: sample: "
                 "the engine's sampler at train.eval_temperature; greedy: n copies of the greedy sample; beam: the n "
                 "best of beams*n beams; diverse_beam: the n best of beam_groups*n groups' best; nucleus: top_p at "
                 "temperature 1; tempered: at temperature. Beam searches refuse tasks with a tool"})
-    beams: int = field(default=1, metadata={
+    beams: int = field(default=1, metadata={"range": "[1, inf)",
         "help": "beam and diverse_beam: beams per sample asked, beams*n beams per query (paper: 1 and 5)"})
-    beam_groups: int = field(default=1, metadata={
+    beam_groups: int = field(default=1, metadata={"range": "[1, inf)",
         "help": "diverse_beam: groups per sample asked, beam_groups*n groups of beams/beam_groups beams "
                 "(paper: 1, i.e. n groups)"})
-    diversity_penalty: float = field(default=1.0, metadata={
+    diversity_penalty: float = field(default=1.0, metadata={"range": "[0, inf)",
         "help": "diverse_beam: log-prob cost, in a candidate's rank, of each earlier group that chose the same "
                 "token at the same step (Hamming diversity; paper: 1.0)"})
-    top_p: float = field(default=0.95, metadata={
+    top_p: float = field(default=0.95, metadata={"range": "(0, 1]",
         "help": "nucleus: probability held by the most likely tokens that are sampled from (paper: 0.95)"})
-    temperature: float = field(default=0.8, metadata={
+    temperature: float = field(default=0.8, metadata={"range": "(0, inf)",
         "help": "tempered: sampling temperature (paper: 0.8, the continuation task's final reward temperature)"})
 
 

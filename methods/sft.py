@@ -34,22 +34,22 @@ AUTO = "auto"
 
 @dataclass
 class Config:
-    lr: float = field(default=1e-4, metadata={"help": "learning rate of the LoRA parameters"})
-    epochs: float = field(default=20.0, metadata={
+    lr: float = field(default=1e-4, metadata={"range": "(0, inf)", "help": "learning rate of the LoRA parameters"})
+    epochs: float = field(default=20.0, metadata={"range": "(0, inf)",
         "help": "passes over the task's demonstrations, each in a new shuffled order: SFT takes "
                 "ceil(epochs * demonstrations / batch_size) optimizer steps, at most train.steps (a cap only)"})
-    batch_size: int = field(default=8, metadata={
+    batch_size: int = field(default=8, metadata={"range": "[1, inf)",
         "help": "demonstrations per optimizer step, capped by the number of demonstrations (at most one epoch a step)"})
-    eval_every_epochs: float = field(default=2.0, metadata={
+    eval_every_epochs: float = field(default=2.0, metadata={"range": "[0, inf)",
         "help": "evaluate on the validation split every this many epochs and at the last step, and end with the "
                 "adapter of the best method.select_metric (0: never; keep the last adapter); replaces train.eval_every"})
     select_metric: str = field(default=AUTO, metadata={
         "help": "validation metric that picks the adapter kept, in its direction (higher or lower is better): "
                 "a metric of the task, or auto (accuracy where the task reports it, else loglik_mean)"})
-    warmup_frac: float = field(default=0.01, metadata={
+    warmup_frac: float = field(default=0.01, metadata={"range": "[0, 1]",
         "help": "fraction of SFT's optimizer steps (see method.epochs) over which the learning rate rises "
-                "linearly to its value, in [0, 1] (at least one step)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+                "linearly to its value (at least one step)"})
+    max_grad_norm: float = field(default=1.0, metadata={"range": "(0, inf)", "help": "gradient clipping norm"})
 
 
 def target_tokens(n_actions: list[int]) -> int:

@@ -27,15 +27,15 @@ DEFAULTS = SPEC.defaults
 class Config:
     path: str | None = field(default=DEFAULTS["path"], metadata={
         "help": "prompt file, one prompt a line; null: <data_dir>/openwebtext/prompts.txt"})
-    n_train: int = field(default=DEFAULTS["n_train"], metadata={
+    n_train: int = field(default=DEFAULTS["n_train"], metadata={"range": "[1, inf)",
         "help": "training prompts: the file's first lines (paper: 950)"})
-    n_valid: int = field(default=DEFAULTS["n_valid"], metadata={
+    n_valid: int = field(default=DEFAULTS["n_valid"], metadata={"range": "[1, inf)",
         "help": "validation prompts: the lines after the training ones (paper: 50)"})
-    n_test: int = field(default=DEFAULTS["n_test"], metadata={
+    n_test: int = field(default=DEFAULTS["n_test"], metadata={"range": "[1, inf)",
         "help": "test prompts: the lines after the validation ones (the paper has no test split)"})
-    min_actions: int = field(default=DEFAULTS["min_actions"], metadata={
+    min_actions: int = field(default=DEFAULTS["min_actions"], metadata={"range": "[1, inf)",
         "help": "fewest tokens of the sentence before its '.' (paper: 1)"})
-    max_actions: int = field(default=DEFAULTS["max_actions"], metadata={
+    max_actions: int = field(default=DEFAULTS["max_actions"], metadata={"range": "[1, inf)",
         "help": "most tokens of the sentence (paper: 30)"})
 
 

@@ -29,16 +29,16 @@ class Config:
     path: str | None = field(default=DEFAULTS["path"], metadata={
         "help": "ROCStories-format CSV (storyid,storytitle,sentence1..sentence5); null: the stories "
                 "shipped in tasks/data/stories/ (ROCStories must be requested from its authors)"})
-    n_test: int = field(default=DEFAULTS["n_test"], metadata={
+    n_test: int = field(default=DEFAULTS["n_test"], metadata={"range": "[0, inf)",
         "help": "test stories: the file's first rows (paper: rows 0-99)"})
-    n_valid: int = field(default=DEFAULTS["n_valid"], metadata={
+    n_valid: int = field(default=DEFAULTS["n_valid"], metadata={"range": "[0, inf)",
         "help": "validation stories: the rows after the test rows"})
-    n_train: int | None = field(default=DEFAULTS["n_train"], metadata={
+    n_train: int | None = field(default=DEFAULTS["n_train"], metadata={"range": "[1, inf)",
         "help": "training stories: the rows after the validation rows, at most this many; null: all "
                 "(paper: 900)"})
-    min_actions: int = field(default=DEFAULTS["min_actions"], metadata={
+    min_actions: int = field(default=DEFAULTS["min_actions"], metadata={"range": "[0, inf)",
         "help": "fewest tokens of the sampled sentence before it may end (paper: 5)"})
-    max_actions: int = field(default=DEFAULTS["max_actions"], metadata={
+    max_actions: int = field(default=DEFAULTS["max_actions"], metadata={"range": "[1, inf)",
         "help": "most tokens of the sampled sentence (paper: 25)"})
     embedding_model: str | None = field(default=DEFAULTS["embedding_model"], metadata={
         "help": "folder of a local sentence encoder for embedding_similarity and embedding_diversity "

@@ -26,6 +26,7 @@ def bench_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, message", [
     (["sweep=nope"], f"error: unknown sweep 'nope'; choose one of: {', '.join(sweep_names())}"),
     (["sweep=smoke", "method.lr=abc"], "error: method.lr: expected float, got 'abc'"),
+    (["sweep=smoke", "train.steps=0"], "error: train.steps: expected at least 1, got 0"),
 ])
 def test_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, args, message):
     result = bench_run(*args, "run_dir=runs", "results_dir=results", cwd=tmp_path)
@@ -49,7 +50,7 @@ def test_help_shows_the_tasks_method_defaults(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "values include tasks/subj.yaml method_defaults" in result.stdout
     line = next(line for line in result.stdout.splitlines() if line.strip().startswith("method.reward_temp_start "))
-    assert "float = 1.2 " in line
+    assert "float > 0 = 1.2 " in line
 
 
 CONFLICT = """\

@@ -183,8 +183,9 @@ def test_a_job_at_its_time_limit_is_requeued_and_its_trial_continues(tmp_path):
     # 2-minute limit; the trial takes longer than that, checkpoints at its
     # next step and continues after the requeue, possibly more than once. Since newline tokens end
     # a sample, the random tiny model stops early and a step takes about 0.35 s: 500 steps.
-    proc = start_sweep(tmp_path, *LONG_TRIAL, "trials=1", "launcher=slurm", "slurm=local", "max_parallel=1",
-                       "train.steps=500", "slurm.time_min=2", "slurm.signal_delay_s=40")
+    proc = start_sweep(tmp_path, *(arg for arg in LONG_TRIAL if not arg.startswith("train.steps=")), "trials=1",
+                       "launcher=slurm", "slurm=local", "max_parallel=1", "train.steps=500", "slurm.time_min=2",
+                       "slurm.signal_delay_s=40")  # a key is given once
 
     def complete():
         try:

@@ -32,9 +32,9 @@ SMOLLM2_PREFIX = "smollm2-135m-instruct"
 
 @dataclass
 class LoRAConfig:
-    r: int = field(default=8, metadata={"help": "LoRA rank"})
-    alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input (inactive: the policy stays in eval mode)"})
+    r: int = field(default=8, metadata={"range": "[1, inf)", "help": "LoRA rank"})
+    alpha: int = field(default=16, metadata={"range": "[1, inf)", "help": "LoRA scaling numerator (scale = alpha / r)"})
+    dropout: float = field(default=0.0, metadata={"range": "[0, 1)", "help": "dropout on the LoRA input (inactive: the policy stays in eval mode)"})
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
                                       metadata={"help": "linear module name suffixes to adapt, or [all-linear]"})
 
