@@ -74,7 +74,7 @@ from tqdm import tqdm
 
 from bench import launch, pruning, report, tracking, worker
 from bench.config import (SWEEPS_DIR, ConfigError, Layer, RunConfig, build_config, check_choice,
-                          check_task, convert, flatten, resolve_scale, slots, sweep_names)
+                          check_setting, check_task, convert, flatten, resolve_scale, slots, sweep_names)
 from bench.interrupt import Interrupted, StopRequest
 from bench.scales import SCALES
 from bench.trial import run_trial
@@ -416,11 +416,16 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
                 raise read.error(where, f"unknown key '{param.key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
             for value in param.examples():
                 try:
-                    convert(param.key, value, known[param.key].type)
+                    check_setting(param.key, value, known[param.key])
                 except ConfigError as err:
                     raise read.error(where, str(err)) from None
         plans.append(MethodPlan(label, layers, config, trials, mspec.search))
     seeds = _for_scale(spec.seeds, scale, read, "final.seeds")
+    for seed in seeds:
+        try:
+            check_setting("seed", seed, slots(plans[0].config)["seed"])
+        except ConfigError as err:
+            raise read.error("final.seeds", str(err)) from None
     plan = SweepPlan(spec, plans[0].config, plans, seeds, overrides)
     if spec.pruner is not None:
         plan.pruner_settings = {key: _for_scale(value, scale, read, f"pruner.{key}")

@@ -157,17 +157,18 @@ def test_flatten_lists_every_setting():
     assert {"method.kl_coef", "task.n_train", "train.steps", "model.lora.r", "seed"} <= set(flat)
 
 
-def test_sweep_files_are_valid_and_plans_apply_layers():
+def test_sweep_files_are_valid_and_plans_apply_layers(tmp_path):
     for name in ("gfn_vs_ppo", "smoke"):
         assert load_spec(name).description
-    plan = plan_sweep({"sweep": "smoke", "train.steps": "2"})
+    # run_dir: planning checks a sweep's stored study, and ./runs may hold one from `make run`.
+    plan = plan_sweep({"sweep": "smoke", "train.steps": "2", "run_dir": str(tmp_path)})
     assert [m.name for m in plan.methods] == ["gfn_tb", "ppo"]
     assert plan.seeds == [0] and plan.cfg.scale == "smoke"
     for method in plan.methods:
         assert method.trials == 2
         assert method.config.model.preset == "tiny" and method.config.train.steps == 2
         assert method.config.sweep == "smoke"
-    plan = plan_sweep({"sweep": "gfn_vs_ppo", "scale": "paper", "method": "ppo"})
+    plan = plan_sweep({"sweep": "gfn_vs_ppo", "scale": "paper", "method": "ppo", "run_dir": str(tmp_path)})
     assert [(m.name, m.trials) for m in plan.methods] == [("ppo", 20)] and plan.seeds == [0, 1, 2]
     assert {p.key for p in plan.methods[0].search} == {"method.lr", "method.kl_coef"}
 

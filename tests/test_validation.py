@@ -292,8 +292,6 @@ final: {seeds: [0]}
 """
 
 
-@pytest.mark.xfail(strict=True, reason="bench/sweep.py plan_sweep checks search bounds with convert(), "
-                                       "not check_setting() (owned by another change)")
 def test_a_search_space_outside_the_range_is_refused_at_planning(tmp_path, monkeypatch):
     import bench.config
     import bench.sweep
