@@ -87,7 +87,7 @@ def test_accuracy_carries_a_binomial_standard_error_over_all_test_queries():
 
 
 def test_learning_curves_draw_one_line_per_label_with_the_mean_over_runs(tmp_path):
-    from bench.report import plot_histories
+    from bench.curves import plot_histories
 
     histories = {"gfn_tb": {"train/loss": [[(0, 4.0), (1, 2.0)], [(0, 2.0), (1, 0.0)]]},
                  "ppo": {"train/loss": [[(0, 1.0), (1, 1.0)]], "valid/accuracy": [[(2, 0.5)]]}}
