@@ -589,7 +589,7 @@ def _run_sweep(plan: SweepPlan) -> int:
     path = report.write_leaderboard(board, Path(cfg.results_dir), spec.name)
     figure = curves.write_curves(client, experiment_id, parent_id, Path(cfg.results_dir), spec.name)
     print(board.markdown)
-    print(f"\nleaderboard: {path}" + (f"\nlearning curves: {figure}" if figure else ""))
+    print(f"\nleaderboard: {path} (and .tex, .csv)" + (f"\nlearning curves: {figure}" if figure else ""))
     print(f"runs: {tracking.ui_hint(uri)}")
     missing = [m.name for m in plan.methods if m.trials > 0 and m.name not in best]
     if missing:
