@@ -47,6 +47,7 @@ class Leaderboard:
     runs: dict[str, list[FinalRun]] = field(default_factory=dict)  # entry -> its finals, by seed
     splits: list[Split] = field(default_factory=list)
     summary: list[dict] = field(default_factory=list)  # the CSV's rows
+    trials: dict[str, str] = field(default_factory=dict)  # entry -> how its tuning trials ended (`trials/<entry>`)
 
 
 class ReportError(RuntimeError):
@@ -93,16 +94,20 @@ def _tables(board: Leaderboard) -> list[Table]:
         counted = [s for s in shown if s.name not in POOLED] or shown
         header = ["entry", *(s.label + arrow(headline) for s in shown), "seeds",
                   "test queries / seed (" + " / ".join(s.label.split(" (")[0] for s in counted) + ")"]
+        header += ["trials"] if board.trials else []
         rows: list[list] = []
         for entry in entries:
             counts = [by_key.get((entry, s.name, headline), {}).get("queries") for s in counted]
             rows.append([entry, *(_stat(by_key, (entry, s.name, headline), True) for s in shown),
-                         str(len(board.runs[entry])), " / ".join("–" if c is None else str(c) for c in counts)])
+                         str(len(board.runs[entry])), " / ".join("–" if c is None else str(c) for c in counts)]
+                        + ([board.trials.get(entry, "untuned")] if board.trials else []))
         table = Table(f"{display(headline)[0]} by test split", header, rows, [
             "Each entry's best configuration (or its untuned recipe), evaluated on the test splits (ID: in "
             "distribution, OOD: out of distribution; pooled: their queries together). Mean over seeds ± standard "
             "error over seeds (no ± with one seed) [95 % percentile bootstrap interval over the test queries, each "
-            f"query's value averaged over seeds, {stats.RESAMPLES:,} resamples]. Bold: the best mean of a column."])
+            f"query's value averaged over seeds, {stats.RESAMPLES:,} resamples]. Bold: the best mean of a column."
+            + (" Trials: the entry's tuning trials, run to the end (complete), stopped early by the sweep's pruner "
+               "(pruned) or failed." if board.trials else "")])
         if any(isinstance(c, Stat) and c.mean is not None and c.interval is None for row in rows for c in row):
             table.notes.append(NO_RECORDS)
         for column in range(1, len(shown) + 1):
@@ -219,8 +224,11 @@ def build_leaderboard(client: mlflow.MlflowClient, experiment_id: str, parent_ru
             for key, value in run.metrics.items():
                 cells[entry].setdefault(key, []).append(value)
             cells[entry].setdefault("seeds", []).append(float(run.seed) if run.seed.lstrip("-").isdigit() else float("nan"))
+    # The entry's tuning trials by how they ended (the sweep logs `trials/<entry>` on its parent run,
+    # counted over every invocation of the sweep); sweeps recorded before it have no such column.
+    trials = {key.removeprefix("trials/"): value for key, value in parent.data.params.items() if key.startswith("trials/")}
     board = Leaderboard(parent.data.tags.get("sweep", ""), parent_run_id, cells, "", runs=runs, splits=splits,
-                        summary=summary(runs, splits))
+                        summary=summary(runs, splits), trials=trials)
     board.markdown, board.latex = _markdown(board, parent), _latex(board, parent)
     board.csv = tables.csv_text(board.summary, CSV_COLUMNS)
     return board

@@ -337,6 +337,18 @@ def test_a_metric_missing_from_the_records_gets_no_interval(store):
     assert by_metric["loglik_mean"]["mean"] == -6.5
 
 
+def test_each_entry_says_how_its_trials_ended(store):
+    client, experiment_id = store
+    parent = add_sweep(client, experiment_id, [("gfn_tb", 0, 0.5, "FINISHED"), ("ppo", 0, 0.25, "FINISHED")])
+    board = report.build_leaderboard(client, experiment_id, parent)
+    assert "trials" not in board.markdown.splitlines()[4]  # a sweep recorded without counts: no column
+    client.log_param(parent, "trials/gfn_tb", "3 complete, 2 pruned")  # what bench/sweep.py logs
+    lines = report.build_leaderboard(client, experiment_id, parent).markdown.splitlines()
+    assert lines[4].endswith("| seeds | test queries / seed (ID / OOD) | trials |")
+    assert row_of(lines, "gfn_tb")[-3:] == ["1", "– / –", "3 complete, 2 pruned"]
+    assert row_of(lines, "ppo")[-3:] == ["1", "– / –", "untuned"]
+
+
 def test_report_errors(store, tmp_path, capsys):
     assert report.main(["sweep=nothing", f"results_dir={tmp_path}"]) == 1
     assert report.main(["swep=demo"]) == 2
