@@ -24,7 +24,8 @@ USAGE = """\
 usage: python -m bench.run [key=value ...]              one run, in this process
        python -m bench.run sweep=NAME [key=value ...]   tune each method, then re-run the best over seeds
        python -m bench.run --help [method=NAME] [task=NAME]
-       python -m bench.report sweep=NAME                rebuild a sweep's leaderboard from MLflow
+       python -m bench.report sweep=NAME                rebuild a sweep's leaderboard (.md, .tex, .csv) from MLflow
+       python -m bench.report sweep=NAME compare=A,B    two entries compared query by query (paired test)
 
 Overrides apply in this order: dataclass defaults < scale preset < sweep YAML < command line.
 Values: 3, 3e-4, true/false, text, null, [a,b]. `model=tiny` is short for `model.preset=tiny`."""

@@ -8,6 +8,7 @@ migration; so the driver calls `ensure_experiment` before it launches any worker
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from mlflow.entities import Metric, RunTag
 from bench.config import REPO_ROOT, RunConfig
 
 SINGLE_RUN_EXPERIMENT = "gfn-bench"
+RECORDS_DIR = "eval"  # a run's per-query results of its final test evaluation: eval/<split>.jsonl
 
 
 def tracking_uri(run_dir: str) -> str:
@@ -73,6 +75,13 @@ class RunLog:
         """Rows (query, sample, reward, ...) as the run's table `samples/<name>.json`; none: nothing."""
         if rows:
             self.client.log_table(self.run_id, pd.DataFrame(rows), artifact_file=f"samples/{name}.json")
+
+    def records(self, rows: list[dict], split: str) -> None:
+        """Every query's row (query, gold answer, vote, correct, per-query metric values) as the
+        artifact `eval/<split>.jsonl`, one JSON object a line: what bench/report.py bootstraps and
+        pairs across entries."""
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        self.client.log_text(self.run_id, text, f"{RECORDS_DIR}/{split}.jsonl")
 
     def artifacts(self, folder: str, path: str) -> None:
         self.client.log_artifacts(self.run_id, folder, path)

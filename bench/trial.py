@@ -5,6 +5,9 @@ Metrics: the method's step metrics as `train/<name>`; validation as `valid/<metr
 training and at the end); with test evaluation, each split as `<split>/<metric>` and the
 size-weighted means over in-distribution and out-of-distribution splits as `test_id/<metric>`
 and `test_ood/<metric>`; `wall_time_s` (everything) and `train_time_s` (the method's `train`).
+The final test evaluation also keeps every query's result (`eval/<split>.jsonl`, for the
+leaderboard's intervals and paired comparisons) and names the splits in tags `test_splits` and
+`test_splits_ood` (comma-separated, in the task's order).
 """
 from __future__ import annotations
 
@@ -159,7 +162,8 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
 
     method = method_module(cfg.method)
 
-    def run_eval(splits: dict[str, list[Example]], step: int) -> dict[str, dict[str, float]]:
+    def run_eval(splits: dict[str, list[Example]], step: int, records: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+        """`records`: splits whose every query's row is kept (`eval/<split>.jsonl`), not only the first few."""
         # A method with a test-time selection rule (best-of-N) replaces the majority vote.
         results = evaluate_splits(engine, splits, samples=cfg.train.eval_samples,
                                   temperature=cfg.train.eval_temperature, seed=cfg.seed,
@@ -169,6 +173,8 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
         for prefix, result in results.items():
             log.metrics({f"{prefix}/{key}": value for key, value in metrics[prefix].items()}, step)
             log.table(result.rows[: cfg.train.log_samples], f"{prefix}_step{step}")
+            if prefix in records:
+                log.records(result.rows, prefix)
         return metrics
 
     bar = tqdm(total=cfg.train.steps, desc=name, unit="step", leave=leave_bar, disable=not parallel.is_main)
@@ -221,7 +227,10 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
     splits = {"valid": valid}
     tests = task.eval_splits() if evaluate_test else []
     splits |= {split.name: split.examples[: cfg.train.eval_prompts] for split in tests}
-    results = run_eval(splits, cfg.train.steps)
+    if tests:  # the test splits as the task declares them, for the leaderboard's columns
+        log.tags({"test_splits": ",".join(s.name for s in tests),
+                  "test_splits_ood": ",".join(s.name for s in tests if not s.in_distribution)})
+    results = run_eval(splits, cfg.train.steps, records=tuple(s.name for s in tests))
     metrics |= _prefixed(results)
     for kind, in_distribution in (("test_id", True), ("test_ood", False)):
         chosen = [(len(splits[s.name]), results[s.name]) for s in tests if s.in_distribution == in_distribution]

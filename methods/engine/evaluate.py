@@ -38,7 +38,8 @@ answers examples[traj.example_idx[i]]; the rule must never read an example's ans
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
-    rows: list[dict]  # one per query: its answer (majority vote or selected), the gold answer and a sample
+    rows: list[dict]  # one per query: the gold answer, its answer (majority vote or selected), its value of
+    # each declared metric (accuracy as `correct`, 0 or 1; the split's metrics are their means) and a sample
 
 
 def evaluate(engine: Engine, examples: list[Example], *, samples: int, temperature: float,
@@ -86,6 +87,7 @@ def evaluate_splits(engine: Engine, splits: dict[str, list[Example]], *, samples
         if "embedding_similarity" in declared:
             references = embeddings.encode([ex.answer for ex in queries], embedding_model, device=engine.policy.device)
 
+    n_actions = traj.n_actions  # a property that counts every row: once
     results, first = {}, 0
     for name, examples in splits.items():
         correct, best_loglik, diversity, semantic, rows = [], [], [], [], []
@@ -110,7 +112,17 @@ def evaluate_splits(engine: Engine, splits: dict[str, list[Example]], *, samples
                 gleu_scores.append(sum(gleu(t, ex.answer) for t in texts[mine]) / k)
             if references is not None:
                 similarity.append(float((embedded[mine].double() @ references[q].double()).mean()))
-            rows.append({"query": ex.query, "answer": ex.answer, "vote": vote, "sample": texts[shown]})
+            # This query's value of each declared metric: the split's metric is their mean.
+            values = {"accuracy": int(correct[-1]), "loglik_mean": loglik[mine].mean().item(), "loglik_max": best_loglik[-1],
+                      "distinct_2": diversity[-1], "sample_length": sum(n_actions[mine]) / k,
+                      "forward_tokens": cost[mine].sum().item()}
+            for key, scores_of_split in (("embedding_diversity", semantic), ("bleu4", bleu), ("gleu", gleu_scores),
+                                         ("embedding_similarity", similarity)):
+                if len(scores_of_split) == len(correct):
+                    values[key] = scores_of_split[-1]
+            rows.append({"query": ex.query, "answer": ex.answer, "vote": vote}
+                        | {("correct" if key == "accuracy" else key): values[key] for key in declared if key in values}
+                        | {"sample": texts[shown]})
         rows_of_split = slice(first * k, (first + len(examples)) * k)
         first += len(examples)
         n = max(1, len(examples))
@@ -119,7 +131,7 @@ def evaluate_splits(engine: Engine, splits: dict[str, list[Example]], *, samples
             "loglik_mean": loglik[rows_of_split].mean().item() if examples else 0.0,
             "loglik_max": sum(best_loglik) / n,
             "distinct_2": sum(diversity) / n,
-            "sample_length": sum(traj.n_actions[rows_of_split]) / max(1, len(examples) * k),
+            "sample_length": sum(n_actions[rows_of_split]) / max(1, len(examples) * k),
             "forward_tokens": cost[rows_of_split].sum().item() / n,
         }
         if embedded is not None:
