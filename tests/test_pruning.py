@@ -131,7 +131,7 @@ def test_trials_behind_the_median_are_pruned_recorded_and_not_retried(sweeps, tm
     assert list(finals["params.method.score"]) == ["0.9"]  # the best completed trial
     board = (tmp_path / "results" / "prune" / "leaderboard.md").read_text()
     row = next(line for line in board.splitlines() if line.startswith("| scored |"))
-    assert "trials" in next(line for line in board.splitlines() if line.startswith("| method"))
+    assert "trials" in next(line for line in board.splitlines() if line.startswith("| entry"))
     assert row.rstrip(" |").endswith("2 complete, 2 pruned")
 
     # Resumed: the budget is spent (pruned trials count), nothing more runs.
