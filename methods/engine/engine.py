@@ -204,10 +204,12 @@ class Engine:
 
         Rows that repeat an earlier row (same prompt, same tokens: common among evaluation samples
         at a low temperature) are computed once."""
-        first: dict[tuple, int] = {}
-        copy_of = [first.setdefault((tuple(p), tuple(t)), i) for i, (p, t) in enumerate(zip(traj.prompt_ids, traj.tokens))]
-        distinct = sorted(first.values())
-        unique = traj.select(distinct)
+        slots: dict[tuple, int] = {}  # (prompt, tokens) -> its row in `unique`
+        slot_of = [slots.setdefault((tuple(p), tuple(t)), len(slots)) for p, t in zip(traj.prompt_ids, traj.tokens)]
+        first_rows = {}
+        for i, slot in enumerate(slot_of):
+            first_rows.setdefault(slot, i)
+        unique = traj.select(list(first_rows.values()))
         parts, width = [], max(1, max(len(t) for t in traj.tokens))
         chunks, restore = self.length_chunks([len(p) + len(t) for p, t in zip(unique.prompt_ids, unique.tokens)])
         with self.policy.base():
@@ -216,8 +218,7 @@ class Engine:
                 lp = token_logprobs(self.policy.model, self.pad_id, part.prompt_ids, part.tokens, self.base_prefixes)
                 parts.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
         out = torch.cat(parts)[restore.to(parts[0].device)]  # rows of `unique`
-        slot = {row: j for j, row in enumerate(distinct)}
-        return out[torch.tensor([slot[c] for c in copy_of], device=out.device)]
+        return out[torch.tensor(slot_of, device=out.device)]
 
     def base_loglik(self, traj: Trajectories) -> torch.Tensor:
         """[B], on the CPU: log p_base of each sample given the policy prompt: its tokens, and for a
