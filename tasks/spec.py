@@ -209,6 +209,7 @@ class SpecTask:
     wrong_choice_penalty = 0.0
     seed_rationales = 0
     embedding_model: str | None = None
+    tool_trigger: str | None = None  # no tool
 
     def _take_config(self, config) -> None:
         """What every task does first with its (already checked) Config: check the YAML's

@@ -26,6 +26,7 @@ class ToyTask:
     allowed_chars = "ab \n"
     stop_on_newline = True
     min_actions, max_actions = 2, 7
+    tool_trigger = "b"
 
     def __init__(self, with_tool: bool = False):
         self.with_tool = with_tool

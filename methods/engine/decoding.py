@@ -173,7 +173,7 @@ def beam_search(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: lis
             n_live = len(g.live)
             penalty = diversity_penalty * chosen[g.query] if g.query in chosen else None
             continued = g.advance(logp[row:row + n_live], penalty, terminator)
-            if any(task.tool(tokenizer.decode(b.tokens)) for b in g.live):
+            if any(b.tokens[-1] in rules.tool_fires_after and task.tool(tokenizer.decode(b.tokens)) for b in g.live):
                 raise tool_error(decoding, task)
             if diversity_penalty > 0:
                 picked = torch.tensor([b.tokens[-1] for b in g.live], dtype=torch.long, device=device)
