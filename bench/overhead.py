@@ -77,7 +77,7 @@ def install(timers: HarnessTimers) -> None:
     import mlflow
 
     from bench import tracking
-    from methods import checkpoint
+    from methods import base, checkpoint
     from methods.engine.models import Policy
 
     for name in ("start_run", "end_run", "log_params", "log_metric", "set_tags", "set_tag", "log_text"):
@@ -88,7 +88,7 @@ def install(timers: HarnessTimers) -> None:
     timers.wrap(tracking, "git_sha", "provenance")
     timers.wrap(checkpoint.Checkpointer, "save", "checkpoints")
     timers.wrap(checkpoint.Checkpointer, "load", "checkpoints")
-    timers.wrap(checkpoint, "capture_state", "checkpoints")
+    timers.wrap(base, "capture_state", "checkpoints")  # as TrainContext.end_step calls it
     timers.wrap(Policy, "save_adapter", "checkpoints")
 
 
