@@ -27,7 +27,7 @@ from bench.finals import (CSV_COLUMNS, FORMATS, POOLED, FinalRun, Split, display
                           read_finals, summary)
 from bench.tables import Stat, Table
 
-SHOWN_RUN_METRICS = ("wall_time_s",)  # run metrics of the other-metrics table
+SHOWN_RUN_METRICS = ("wall_time_s", "total_forward_tokens", "train_device_s")  # run metrics of the other-metrics table
 NO_RECORDS = ("[—]: no per-query results (`eval/<split>.jsonl`; runs recorded before they existed), "
               "so no interval.")
 
