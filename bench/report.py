@@ -2,8 +2,8 @@
 
 It reads the sweep's final runs (tags `stage=final`, children of one sweep parent run; by default
 the latest) and writes `<results_dir>/<sweep>/leaderboard.md`, `leaderboard.tex` (booktabs
-tables), `leaderboard.csv` (tidy: one row per entry × split × metric) and `learning_curves.png`
-(bench/curves.py). `compare=A,B` writes instead `compare_A_vs_B.{md,csv}`: two entries query by
+tables), `leaderboard.csv` (tidy: one row per entry × split × metric) and its figures
+(bench/figures.py). `compare=A,B` writes instead `compare_A_vs_B.{md,csv}`: two entries query by
 query on every test split.
 
 Each test split the task declares (tags `test_splits`, `test_splits_ood` and metrics
@@ -22,7 +22,7 @@ import mlflow
 
 from bench import stats, tables, tracking
 from bench.config import ConfigError, build_config, check_choice, parse_overrides
-from bench.curves import write_curves
+from bench.figures import write_figures
 from bench.finals import (CSV_COLUMNS, FORMATS, POOLED, FinalRun, Split, display, higher_is_better, query_values,
                           read_finals, summary)
 from bench.tables import Stat, Table
@@ -326,9 +326,8 @@ def main(argv: list[str]) -> int:
     path = write_leaderboard(board, Path(cfg.results_dir), sweep)
     print(board.markdown)
     print(f"leaderboard: {path} (and .tex, .csv)")
-    curves = write_curves(client, experiment.experiment_id, parent_id, Path(cfg.results_dir), sweep)
-    if curves:
-        print(f"learning curves: {curves}")
+    for figure in write_figures(client, experiment.experiment_id, parent_id, Path(cfg.results_dir), sweep):
+        print(f"figure: {figure} (and .pdf)")
     return 0
 
 
