@@ -58,6 +58,14 @@ def test_re_evaluation_reproduces_the_runs_own_test_metrics(store, capsys):
         assert child.data.metrics[f"{split}/queries"] == logged[f"{split}/queries"], split
         for metric in ("loglik_mean", "loglik_max", "distinct_2", "sample_length", "forward_tokens"):
             assert child.data.metrics[f"{split}/{metric}"] == pytest.approx(logged[f"{split}/{metric}"], rel=1e-5), (split, metric)
+    # Compute: the re-evaluation spent what the run's own final evaluation did (smoke: no validation
+    # during training), and the run's training tokens are its last step's running count.
+    assert child.data.metrics["eval_forward_tokens"] == logged["eval_forward_tokens"] > 0
+    history = mlflow.MlflowClient().get_metric_history(run_id, "train/forward_tokens")
+    assert [m.step for m in history] == [0, 1] and 0 < history[0].value < history[1].value
+    assert logged["train_forward_tokens"] == history[1].value
+    assert logged["total_forward_tokens"] == logged["train_forward_tokens"] + logged["eval_forward_tokens"]
+    assert logged["train_device_s"] > 0 and logged["eval_device_s"] > 0
     # The same per-query records, query by query.
     original, again = (finals._records(client, i) for i in (run_id, child.info.run_id))
     assert original == again and sorted(again) == ["test_3op", "test_4op", "test_5op"]
