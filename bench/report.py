@@ -282,7 +282,12 @@ def compare(board: Leaderboard, a: str, b: str, metric: str | None = None) -> tu
 
 def main(argv: list[str]) -> int:
     """`sweep=NAME [run_dir=...] [results_dir=...] [parent_run_id=...] [compare=A,B [metric=NAME]]`;
-    the sweep's YAML file is not needed, only its MLflow store."""
+    the sweep's YAML file is not needed, only its MLflow store. `paper [run_dir=...] [results_dir=...]`:
+    the paper's tables (bench/paper.py)."""
+    if argv[:1] == ["paper"]:
+        from bench.paper import main as paper_main  # the one command here that is not one sweep's leaderboard
+
+        return paper_main(argv[1:])
     try:
         overrides = parse_overrides(argv)
         for key in overrides:
