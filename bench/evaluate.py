@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -104,9 +105,11 @@ def evaluate_run(client: mlflow.MlflowClient, run_id: str, cfg: RunConfig, quest
     engine = Engine(policy, task, cfg.train.batch_size)
     set_up_policy(cfg, run_id, engine)
     splits, tests = evaluation_splits(cfg, task, questions, name)
+    started = time.monotonic()
     results = evaluate_splits(engine, splits, samples=cfg.train.eval_samples, temperature=cfg.train.eval_temperature,
                               seed=cfg.seed, select=getattr(method_module(cfg.method), "select", None))
 
+    eval_device_s = time.monotonic() - started
     tags = run_tags(cfg, "evaluation", trained.data.tags.get("trial") or None, trained.data.tags.get("entry"))
     tags |= {"sweep": trained.data.tags.get("sweep", ""), "evaluated_run": run_id, "evaluation": name,
              "mlflow.parentRunId": run_id, "test_splits": ",".join(s.name for s in tests),
@@ -127,7 +130,7 @@ def evaluate_run(client: mlflow.MlflowClient, run_id: str, cfg: RunConfig, quest
             if questions is None and chosen:
                 metrics |= {f"{kind}/{key}": value for key, value in _weighted_means(chosen).items()}
                 metrics[f"{kind}/queries"] = float(sum(n for n, _ in chosen))
-        metrics["eval_forward_tokens"] = float(engine.forward_tokens)
+        metrics |= {"eval_forward_tokens": float(engine.forward_tokens), "eval_device_s": eval_device_s}
         log.metrics(metrics, 0)
     except BaseException:
         client.set_terminated(run.info.run_id, status="FAILED")

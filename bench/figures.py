@@ -76,7 +76,7 @@ def draw_points(found: list[Point], x_title: str, y_title: str, title: str, log_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    fig, ax = plt.subplots(figsize=(6.0, 4.4))
     for i, p in enumerate(found):
         ax.errorbar([p.x], [p.y], xerr=[p.x_se], yerr=[p.y_se], fmt="o", color=f"C{i}", capsize=3, label=p.label)
         ax.annotate(p.label, (p.x, p.y), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -85,7 +85,7 @@ def draw_points(found: list[Point], x_title: str, y_title: str, title: str, log_
     ax.set_xlabel(x_title)
     ax.set_ylabel(y_title)
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -100,7 +100,7 @@ def compute_figure(finals: dict[str, list[dict[str, float]]], title: str):
     found = [Point(p.label, p.x, p.y * scale, p.x_se, p.y_se * scale, p.seeds)
              for p in points(finals, COMPUTE, f"{column}/{metric}")]
     return draw_points(found, "forward tokens, training + evaluation (log scale)", f"{name}, {column}",
-                       f"{title}: {name} against compute", log_x=True)
+                       f"{title}\n{name} against compute", log_x=True)
 
 
 def tradeoff_figure(finals: dict[str, list[dict[str, float]]], title: str):
@@ -110,7 +110,7 @@ def tradeoff_figure(finals: dict[str, list[dict[str, float]]], title: str):
         return None
     found = points(finals, f"{column}/embedding_diversity", f"{column}/loglik_max")
     return draw_points(found, f"embedding diversity ({column})", f"max log-likelihood of a query's samples ({column})",
-                       f"{title}: likelihood against diversity")
+                       f"{title}\nlikelihood against diversity")
 
 
 def save(fig, folder: Path, stem: str) -> list[Path]:
