@@ -109,7 +109,7 @@ def tradeoff_figure(finals: dict[str, list[dict[str, float]]], title: str):
     if column is None:
         return None
     found = points(finals, f"{column}/embedding_diversity", f"{column}/loglik_max")
-    return draw_points(found, f"embedding diversity ({column})", f"max log-likelihood of a query's samples ({column})",
+    return draw_points(found, f"embedding diversity ({column})", f"max log-likelihood ({column})",
                        f"{title}\nlikelihood against diversity")
 
 
