@@ -214,7 +214,8 @@ def write_paper(client: mlflow.MlflowClient, out: Path) -> Path:
     lines = ["# The paper's tables, reproduced", "",
              "Each table from the latest `paper_*` sweep in the MLflow store beside the numbers the paper reports. "
              "The paper's models (GPT-J 6B, GPT-2 Large/XL) and budgets are not those run here unless the sweep ran "
-             "at `scale=paper` with that model: compare orderings, not levels.", ""]
+             "at `scale=paper` with that model: compare orderings, not levels. Each table's note names the scale its "
+             "sweep ran at (`smoke`: 3 steps and 4 test queries per split, a check of the pipeline, not a result).", ""]
     csv_rows = []
     for table in PAPER:
         built, orderings, rows = build_table(client, table)
