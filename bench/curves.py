@@ -1,20 +1,38 @@
-"""Learning curves of a sweep's final runs, from MLflow: `<results_dir>/<sweep>/learning_curves.png`,
-one panel per step metric of CURVES, one line per leaderboard entry (the mean over its seeds)."""
+"""Learning curves of a sweep's final runs, from MLflow: one panel per step metric of CURVES that
+the runs have (the validation metric, the mean log reward of the step's trajectories, the loss),
+one line per leaderboard entry: the mean over its seeds at each step, with a band of ± one
+standard error over the seeds that logged that step (no band where only one did)."""
 from __future__ import annotations
 
+import math
 import statistics
-from pathlib import Path
+from dataclasses import dataclass
 
 import mlflow
 
-# What the learning-curve figure shows: (metric, panel title), one panel each.
-CURVES = [("train/log_reward", "mean log R of the step's trajectories"), ("train/sample_length", "actions per sample"),
-          ("train/loss", "loss"), ("valid/accuracy", "validation accuracy")]
+# What the learning-curve figure may show: (metric, panel title), in panel order. Of the
+# validation metrics only the first one the runs have is drawn (tasks without accuracy have
+# log-likelihood).
+VALIDATION = [("valid/accuracy", "validation accuracy"), ("valid/loglik_mean", "validation log-likelihood")]
+CURVES = VALIDATION + [("train/log_reward", "mean log R of the step's trajectories"), ("train/loss", "loss")]
+
+Histories = dict[str, dict[str, list[list[tuple[int, float]]]]]  # label -> metric -> one (step, value) series per run
 
 
-def metric_histories(client: mlflow.MlflowClient, run_ids: dict[str, list[str]]) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
+@dataclass
+class Band:
+    """One label's line on one panel: per step, the mean over runs and mean ∓ its standard error."""
+
+    steps: list[int]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+    runs: list[int]  # runs that logged each step
+
+
+def metric_histories(client: mlflow.MlflowClient, run_ids: dict[str, list[str]]) -> Histories:
     """label -> metric -> one (step, value) series per run, for the metrics of CURVES."""
-    out: dict[str, dict[str, list[list[tuple[int, float]]]]] = {}
+    out: Histories = {}
     for label, ids in run_ids.items():
         for run_id in ids:
             for metric, _ in CURVES:
@@ -24,57 +42,60 @@ def metric_histories(client: mlflow.MlflowClient, run_ids: dict[str, list[str]])
     return out
 
 
-def plot_histories(histories: dict[str, dict[str, list[list[tuple[int, float]]]]], path: Path, title: str) -> Path | None:
-    """One panel per metric of CURVES that some run has, one line per label (the mean over its
-    runs at each step, each run's own series thin behind it). PNG at `path`; None: nothing to draw."""
+def band(runs: list[list[tuple[int, float]]]) -> Band:
+    """The mean over `runs` at each step any of them logged, ∓ the standard error over those runs."""
+    by_step: dict[int, list[float]] = {}
+    for series in runs:
+        for step, value in series:
+            by_step.setdefault(step, []).append(value)
+    out = Band([], [], [], [], [])
+    for step in sorted(by_step):
+        values = by_step[step]
+        mean = statistics.fmean(values)
+        se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+        out.steps.append(step)
+        out.mean.append(mean)
+        out.low.append(mean - se)
+        out.high.append(mean + se)
+        out.runs.append(len(values))
+    return out
+
+
+def bands(histories: Histories) -> dict[str, dict[str, Band]]:
+    """metric -> label -> its band, for the panels drawn: the metrics of CURVES some run has, of
+    the validation metrics only the first."""
+    present = [m for m, _ in CURVES if any(m in h for h in histories.values())]
+    validation = [m for m, _ in VALIDATION if m in present][:1]
+    panels = [m for m in present if m in validation or m not in dict(VALIDATION)]
+    return {metric: {label: band(per_metric[metric]) for label, per_metric in sorted(histories.items()) if metric in per_metric}
+            for metric in panels}
+
+
+def draw_curves(panels: dict[str, dict[str, Band]], title: str):
+    """The figure (matplotlib) of `bands`' panels; None: nothing to draw. Each label keeps one
+    colour across panels (prompting rows have no train/* curves)."""
+    if not panels:
+        return None
     import matplotlib
     matplotlib.use("Agg")  # files only: no display on a cluster node
     import matplotlib.pyplot as plt
 
-    panels = [(m, t) for m, t in CURVES if any(m in h for h in histories.values())]
-    if not panels:
-        return None
+    labels = sorted({label for lines in panels.values() for label in lines})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (metric, panel_title) in zip(axes[0], panels):
-        for i, (label, per_metric) in enumerate(sorted(histories.items())):
-            runs = per_metric.get(metric, [])
-            if not runs:
-                continue
-            color = f"C{i}"
-            by_step: dict[int, list[float]] = {}
-            for series in runs:
-                if len(runs) > 1:
-                    ax.plot(*zip(*series), color=color, alpha=0.25, linewidth=0.8)
-                for step, value in series:
-                    by_step.setdefault(step, []).append(value)
-            steps = sorted(by_step)
-            ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], color=color, label=label,
-                    marker="o" if len(steps) < 8 else None)
-        ax.set_title(panel_title, fontsize=10)
+    for ax, (metric, lines) in zip(axes[0], panels.items()):
+        for label, line in lines.items():
+            color = f"C{labels.index(label)}"
+            ax.plot(line.steps, line.mean, color=color, label=label, marker="o" if len(line.steps) < 8 else None)
+            if max(line.runs) > 1:
+                ax.fill_between(line.steps, line.low, line.high, color=color, alpha=0.2, linewidth=0)
+        ax.set_title(dict(CURVES)[metric], fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    labelled = {}  # every label once, from whichever panel has it (prompting rows have no train/* curves)
+    labelled = {}  # every label once, from whichever panel has it
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             labelled.setdefault(label, handle)
     axes[0][0].legend(list(labelled.values()), list(labelled), fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title + " (mean over seeds, band: ± standard error)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_curves(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str, results_dir: Path,
-                 sweep: str) -> Path | None:
-    """`<results_dir>/<sweep>/learning_curves.png` from the sweep's finished final runs."""
-    runs = client.search_runs([experiment_id], filter_string=(
-        f"tags.stage = 'final' and tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'"))
-    run_ids: dict[str, list[str]] = {}
-    for run in runs:
-        tags = run.data.tags
-        run_ids.setdefault(tags.get("entry", tags.get("method", "?")), []).append(run.info.run_id)
-    parent = client.get_run(parent_run_id).data.tags
-    return plot_histories(metric_histories(client, run_ids), results_dir / sweep / "learning_curves.png",
-                          f"{sweep}: final runs (scale {parent.get('scale', '?')}, task {parent.get('task', '?')})")
+    return fig

@@ -7,6 +7,11 @@ the pooled in- and out-of-distribution means (`test_id`, `test_ood`). `summary` 
 one row per entry × split × metric: the mean over seeds, its standard error over seeds and a
 bootstrap interval over the test queries from the runs' per-query records `eval/<split>.jsonl`
 (none for runs recorded before those existed).
+
+A re-evaluation of a final run (`python -m bench.evaluate`, a child run with tags
+`stage=evaluation`, `evaluated_run` and `evaluation`) adds a column per split it evaluated:
+named after its questions file (`mine`), or `<evaluation>:<split>` for the task's own splits
+re-evaluated under other `task.*` settings; the latest re-evaluation of each name per run.
 """
 from __future__ import annotations
 
@@ -36,7 +41,11 @@ FORMATS = {
     "embedding_similarity": ("embedding similarity", 1.0, 3),
     "forward_tokens": ("forward tokens / query", 1.0, 0),
 }
-RUN_METRICS = {"wall_time_s": ("wall time (s)", 1.0, 0), "train_time_s": ("training time (s)", 1.0, 0)}
+RUN_METRICS = {"wall_time_s": ("wall time (s)", 1.0, 0), "train_time_s": ("training time (s)", 1.0, 0),
+               "total_forward_tokens": ("forward tokens (train + eval)", 1.0, 0),
+               "train_forward_tokens": ("training forward tokens", 1.0, 0),
+               "eval_forward_tokens": ("evaluation forward tokens", 1.0, 0),
+               "train_device_s": ("training device-s", 1.0, 0), "eval_device_s": ("evaluation device-s", 1.0, 0)}
 _LOWER_IS_BETTER = set(RUN_METRICS)  # metrics outside METRICS that have a direction
 POOLED = {"test_id": "ID", "test_ood": "OOD"}  # size-weighted means over splits (bench/trial.py)
 RECORD_FIELD = {"accuracy": "correct"}  # a metric's per-query field in eval/<split>.jsonl, where not its name
@@ -185,4 +194,33 @@ def read_finals(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: 
         metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith(("system/", "train/"))}
         runs.setdefault(entry_of[run.info.run_id], []).append(
             FinalRun(run.info.run_id, run.data.tags.get("seed", ""), metrics, _records(client, run.info.run_id)))
-    return runs, splits_of([r for rs in runs.values() for r in rs], [r.data.tags for r in found])
+    splits = splits_of([r for rs in runs.values() for r in rs], [r.data.tags for r in found])
+    return runs, splits + re_evaluations(client, experiment_id, runs)
+
+
+def re_evaluations(client: mlflow.MlflowClient, experiment_id: str, runs: dict[str, list[FinalRun]]) -> list[Split]:
+    """Merge the finished re-evaluations of the final runs into their metrics and records, and
+    return their columns."""
+    by_id = {run.run_id: run for finals in runs.values() for run in finals}
+    if not by_id:
+        return []
+    found = client.search_runs([experiment_id], max_results=10_000, order_by=["attributes.start_time DESC"],
+                               filter_string="tags.stage = 'evaluation' and attributes.status = 'FINISHED'")
+    columns, done = {}, set()
+    for evaluation in found:
+        tags = evaluation.data.tags
+        final, name = by_id.get(tags.get("evaluated_run", "")), tags.get("evaluation", "")
+        if final is None or (final.run_id, name) in done:
+            continue  # not of this sweep, or an older re-evaluation of the same name
+        done.add((final.run_id, name))
+        records = _records(client, evaluation.info.run_id)
+        for split in tags.get("test_splits", "").split(","):
+            if not split:
+                continue
+            column = split if split == name else f"{name}:{split}"
+            columns.setdefault(column, Split(column, f"{column} (re-evaluated)", (column,)))
+            final.metrics |= {f"{column}/{key.removeprefix(split + '/')}": value
+                              for key, value in evaluation.data.metrics.items() if key.startswith(split + "/")}
+            if split in records:
+                final.records[column] = records[split]
+    return list(columns.values())

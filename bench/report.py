@@ -2,8 +2,8 @@
 
 It reads the sweep's final runs (tags `stage=final`, children of one sweep parent run; by default
 the latest) and writes `<results_dir>/<sweep>/leaderboard.md`, `leaderboard.tex` (booktabs
-tables), `leaderboard.csv` (tidy: one row per entry × split × metric) and `learning_curves.png`
-(bench/curves.py). `compare=A,B` writes instead `compare_A_vs_B.{md,csv}`: two entries query by
+tables), `leaderboard.csv` (tidy: one row per entry × split × metric) and its figures
+(bench/figures.py). `compare=A,B` writes instead `compare_A_vs_B.{md,csv}`: two entries query by
 query on every test split.
 
 Each test split the task declares (tags `test_splits`, `test_splits_ood` and metrics
@@ -22,12 +22,12 @@ import mlflow
 
 from bench import stats, tables, tracking
 from bench.config import ConfigError, build_config, check_choice, parse_overrides
-from bench.curves import write_curves
+from bench.figures import write_figures
 from bench.finals import (CSV_COLUMNS, FORMATS, POOLED, FinalRun, Split, display, higher_is_better, query_values,
                           read_finals, summary)
 from bench.tables import Stat, Table
 
-SHOWN_RUN_METRICS = ("wall_time_s",)  # run metrics of the other-metrics table
+SHOWN_RUN_METRICS = ("wall_time_s", "total_forward_tokens", "train_device_s")  # run metrics of the other-metrics table
 NO_RECORDS = ("[—]: no per-query results (`eval/<split>.jsonl`; runs recorded before they existed), "
               "so no interval.")
 
@@ -283,7 +283,12 @@ def compare(board: Leaderboard, a: str, b: str, metric: str | None = None) -> tu
 
 def main(argv: list[str]) -> int:
     """`sweep=NAME [run_dir=...] [results_dir=...] [parent_run_id=...] [compare=A,B [metric=NAME]]`;
-    the sweep's YAML file is not needed, only its MLflow store."""
+    the sweep's YAML file is not needed, only its MLflow store. `paper [run_dir=...] [results_dir=...]`:
+    the paper's tables (bench/paper.py)."""
+    if argv[:1] == ["paper"]:
+        from bench.paper import main as paper_main  # the one command here that is not one sweep's leaderboard
+
+        return paper_main(argv[1:])
     try:
         overrides = parse_overrides(argv)
         for key in overrides:
@@ -327,9 +332,8 @@ def main(argv: list[str]) -> int:
     path = write_leaderboard(board, Path(cfg.results_dir), sweep)
     print(board.markdown)
     print(f"leaderboard: {path} (and .tex, .csv)")
-    curves = write_curves(client, experiment.experiment_id, parent_id, Path(cfg.results_dir), sweep)
-    if curves:
-        print(f"learning curves: {curves}")
+    for figure in write_figures(client, experiment.experiment_id, parent_id, Path(cfg.results_dir), sweep):
+        print(f"figure: {figure} (and .pdf)")
     return 0
 
 

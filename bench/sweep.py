@@ -72,7 +72,7 @@ import yaml
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from bench import curves, launch, pruning, report, tracking, worker
+from bench import figures, launch, pruning, report, tracking, worker
 from bench.config import (SWEEPS_DIR, ConfigError, Layer, RunConfig, build_config, check_choice,
                           check_setting, check_task, convert, flatten, resolve_scale, slots, sweep_names)
 from bench.interrupt import Interrupted, StopRequest
@@ -619,9 +619,9 @@ def _run_sweep(plan: SweepPlan) -> int:
 
     board = report.build_leaderboard(client, experiment_id, parent_id)
     path = report.write_leaderboard(board, Path(cfg.results_dir), spec.name)
-    figure = curves.write_curves(client, experiment_id, parent_id, Path(cfg.results_dir), spec.name)
+    drawn = figures.write_figures(client, experiment_id, parent_id, Path(cfg.results_dir), spec.name)
     print(board.markdown)
-    print(f"\nleaderboard: {path} (and .tex, .csv)" + (f"\nlearning curves: {figure}" if figure else ""))
+    print(f"\nleaderboard: {path} (and .tex, .csv)" + "".join(f"\nfigure: {f} (and .pdf)" for f in drawn))
     print(f"runs: {tracking.ui_hint(uri)}")
     missing = [m.name for m in plan.methods if m.trials > 0 and m.name not in best]
     if missing:

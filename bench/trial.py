@@ -5,6 +5,12 @@ Metrics: the method's step metrics as `train/<name>`; validation as `valid/<metr
 training and at the end); with test evaluation, each split as `<split>/<metric>` and the
 size-weighted means over in-distribution and out-of-distribution splits as `test_id/<metric>`
 and `test_ood/<metric>`; `wall_time_s` (everything) and `train_time_s` (the method's `train`).
+Compute, on one axis for every method: the tokens through forward passes (counted by the engine,
+methods/engine/engine.py) during training, as the step metric `train/forward_tokens` (so far,
+all processes) and in total `train_forward_tokens`, and during evaluations (validation and test)
+`eval_forward_tokens`, their sum `total_forward_tokens`, and the device-seconds of each
+(`train_device_s`: training time less its validations, times the processes;
+`eval_device_s`: evaluation time, one process).
 The final test evaluation also keeps every query's result (`eval/<split>.jsonl`, for the
 leaderboard's intervals and paired comparisons) and names the splits in tags `test_splits` and
 `test_splits_ood` (comma-separated, in the task's order).
@@ -161,13 +167,17 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
     valid = task.validation_examples()[: cfg.train.eval_prompts]
 
     method = method_module(cfg.method)
+    spent = {"eval_tokens": 0, "eval_s": 0.0}  # what evaluations cost, kept apart from training
 
     def run_eval(splits: dict[str, list[Example]], step: int, records: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
         """`records`: splits whose every query's row is kept (`eval/<split>.jsonl`), not only the first few."""
         # A method with a test-time selection rule (best-of-N) replaces the majority vote.
+        tokens_before, started = engine.forward_tokens, time.monotonic()
         results = evaluate_splits(engine, splits, samples=cfg.train.eval_samples,
                                   temperature=cfg.train.eval_temperature, seed=cfg.seed,
                                   select=getattr(method, "select", None))
+        spent["eval_tokens"] += engine.forward_tokens - tokens_before
+        spent["eval_s"] += time.monotonic() - started
         # `queries` travels with the metrics: a standard error over queries needs their number.
         metrics = {prefix: result.metrics | {"queries": float(len(splits[prefix]))} for prefix, result in results.items()}
         for prefix, result in results.items():
@@ -180,9 +190,10 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
     bar = tqdm(total=cfg.train.steps, desc=name, unit="step", leave=leave_bar, disable=not parallel.is_main)
 
     def log_metrics(metrics: dict[str, float], step: int) -> None:
-        metrics = parallel.mean(metrics)  # every process calls this each step: the run logs the mean
-        if not parallel.is_main:
+        metrics = parallel.mean(metrics | {"forward_tokens": engine.forward_tokens - spent["eval_tokens"]})
+        if not parallel.is_main:  # every process calls this each step: the run logs the mean
             return
+        metrics["forward_tokens"] *= parallel.world  # the training tokens so far, of all processes
         log.metrics({f"train/{key}": float(value) for key, value in metrics.items()}, step)
         bar.update(step + 1 - bar.n)  # steps count from 0: after step s, s + 1 are done
         shown = {label: f"{metrics[key]:.3g}" for label, key in _POSTFIX.items() if key in metrics}
@@ -213,11 +224,14 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
         method.train(ctx, cfg.method_cfg)
     finally:
         bar.close()
+    train_time_s = time.monotonic() - train_started
     StopRequest.check()  # a request during the last step: its checkpoint is written, stop before evaluating
+    train_tokens = parallel.mean({"tokens": engine.forward_tokens - spent["eval_tokens"]})["tokens"] * parallel.world
     if not parallel.is_main:
         return {}
-    metrics = {"train_time_s": time.monotonic() - train_started}
-    log.metrics({"train_time_s": metrics["train_time_s"]}, cfg.train.steps)
+    metrics = {"train_time_s": train_time_s, "train_forward_tokens": train_tokens,
+               "train_device_s": (train_time_s - spent["eval_s"]) * parallel.world}
+    log.metrics(metrics, cfg.train.steps)
     if not policy.adapter_is_identity():
         # The trained policy, for `method=best_of_n method.policy=<this run's id>` and for users.
         with tempfile.TemporaryDirectory() as folder:
@@ -239,7 +253,10 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
             aggregate[f"{kind}/queries"] = float(sum(n for n, _ in chosen))
             log.metrics(aggregate, cfg.train.steps)
             metrics |= aggregate
-    return metrics
+    compute = {"eval_forward_tokens": spent["eval_tokens"], "eval_device_s": spent["eval_s"],
+               "total_forward_tokens": train_tokens + spent["eval_tokens"]}
+    log.metrics(compute, cfg.train.steps)
+    return metrics | compute
 
 
 def adapter_folder(ref: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tasks.base import EvalSplit, Example, policy_demonstration
 from tasks.calculator import calculate, chain_value
+from tasks.data import DataError, read_objects
 from tasks.spec import SpecTask, load_spec
 
 SPEC = load_spec("arithmetic")
@@ -281,6 +282,37 @@ class ArithmeticTask(SpecTask):
 
     def eval_splits(self) -> list[EvalSplit]:
         return list(self._tests)
+
+    def read_questions(self, path: str | Path) -> list[Example]:
+        """A user's questions (`python -m bench.evaluate questions=PATH`): a JSON list or JSON lines
+        of objects `{"question": "5 + 9 - 3", "answer": 11}` (the paper's `Question: ... = ?
+        Answer:` form is read too); a bad item is reported as `<file>:<line>: <why>`."""
+        examples = []
+        for line, item in read_objects(path, self.name):
+            def invalid(why: str) -> DataError:
+                return DataError(f"{self.name}: {path}:{line}: {why}")
+
+            missing = [key for key in ("question", "answer") if key not in item]
+            if missing:
+                raise invalid(f"missing key {', '.join(repr(k) for k in missing)} (expected "
+                              '{"question": "5 + 9 - 3", "answer": 11})')
+            question = item["question"]
+            match = _QUESTION.fullmatch(question.strip()) if isinstance(question, str) else None
+            query = (match.group(1) if match else question.strip()) if isinstance(question, str) else None
+            value = chain_value(query) if query else None
+            if value is None:
+                raise invalid(f"question {question!r} is not a chain of integers joined by + and -, such as '5 + 9 - 3'")
+            answer = item["answer"]
+            if type(answer) is str and normalize_answer(answer.strip()) is not None:
+                answer = int(answer.strip())
+            if type(answer) is not int:
+                raise invalid(f"answer {answer!r} is not an integer")
+            if answer != value:
+                raise invalid(f"answer {answer} is wrong: {query} = {value}")
+            examples.append(Example(query=query, answer=str(value)))
+        if not examples:
+            raise DataError(f"{self.name}: {path} holds no questions")
+        return examples
 
     def overlap_report(self) -> dict[str, int]:
         """Contamination per test split, counted in distinct questions.

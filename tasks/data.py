@@ -109,3 +109,60 @@ def require(split: str, examples: list, task: str, fix: str) -> list:
     if not examples:
         raise DataError(f"{task}: the {split} split is empty; {fix}")
     return examples
+
+
+def read_objects(path: str | Path, task: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, object) for each item of a JSON file holding a list of objects, or of a JSON-lines
+    file (one object a line, blank lines skipped), told apart by the first character; the line is
+    where the item starts, so that a check of the item can name it as `<file>:<line>`."""
+    path = Path(path)
+    with _open_text(path, task) as handle:
+        try:
+            text = handle.read()
+        except UnicodeDecodeError as err:
+            raise DataError(f"{task}: {path}: not UTF-8 text: {err.reason}") from None
+    decoder, items = json.JSONDecoder(), []
+
+    def line_of(position: int) -> int:
+        return text.count("\n", 0, position) + 1
+
+    def decode(position: int) -> tuple[Any, int]:
+        try:
+            return decoder.raw_decode(text, position)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{task}: {path}:{err.lineno}: invalid JSON: {err.msg}") from None
+
+    def skip(position: int, also: str = "") -> int:
+        while position < len(text) and (text[position].isspace() or text[position] in also):
+            position += 1
+        return position
+
+    position = skip(0)
+    if position == len(text):
+        raise DataError(f"{task}: {path} is empty; expected a JSON list of objects or JSON lines")
+    if text[position] == "[":  # one JSON list: its items one by one, to know where each starts
+        position = skip(position + 1)
+        while position < len(text) and text[position] != "]":
+            start = position
+            item, position = decode(position)
+            items.append((line_of(start), item))
+            position = skip(position)
+            if position < len(text) and text[position] == ",":
+                position = skip(position + 1)
+            elif position < len(text) and text[position] != "]":
+                raise DataError(f"{task}: {path}:{line_of(position)}: invalid JSON: expected ',' or ']'")
+        if position == len(text):
+            raise DataError(f"{task}: {path}:{line_of(position)}: invalid JSON: the list is not closed by ']'")
+        if skip(position + 1) != len(text):
+            raise DataError(f"{task}: {path}:{line_of(skip(position + 1))}: invalid JSON: text after the list")
+    else:
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    items.append((line_no, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{task}: {path}:{line_no}: invalid JSON: {err.msg}") from None
+    for line_no, item in items:
+        if not isinstance(item, dict):
+            raise DataError(f"{task}: {path}:{line_no}: expected a JSON object, got {json.dumps(item)[:60]}")
+    return items

@@ -389,11 +389,13 @@ def test_a_run_keeps_every_test_querys_result_for_the_report(store, tmp_path):
     assert "[—]" not in board.markdown and "paired comparisons:" in board.markdown
 
 
-def test_learning_curves_draw_one_line_per_label_with_the_mean_over_runs(tmp_path):
-    from bench.curves import plot_histories
+def test_learning_curves_draw_one_line_per_label_with_the_mean_over_runs():
+    from bench.curves import bands, draw_curves
 
     histories = {"gfn_tb": {"train/loss": [[(0, 4.0), (1, 2.0)], [(0, 2.0), (1, 0.0)]]},
                  "ppo": {"train/loss": [[(0, 1.0), (1, 1.0)]], "valid/accuracy": [[(2, 0.5)]]}}
-    path = plot_histories(histories, tmp_path / "curves.png", "test")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert plot_histories({"x": {"unknown/metric": [[(0, 1.0)]]}}, tmp_path / "none.png", "t") is None
+    fig = draw_curves(bands(histories), "test")
+    assert [ax.get_title() for ax in fig.axes] == ["validation accuracy", "loss"]
+    loss = {line.get_label(): line.get_xydata().tolist() for line in fig.axes[1].lines}
+    assert loss == {"gfn_tb": [[0, 3.0], [1, 1.0]], "ppo": [[0, 1.0], [1, 1.0]]}
+    assert draw_curves(bands({"x": {"unknown/metric": [[(0, 1.0)]]}}), "t") is None

@@ -62,8 +62,12 @@ def test_smoke_sweep(tmp_path, launcher):
 
     board = (tmp_path / "results" / "smoke" / "leaderboard.md").read_text()
     assert "| gfn_tb |" in board and "| ppo |" in board and parent in board
-    curves = tmp_path / "results" / "smoke" / "learning_curves.png"
-    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 10_000
+    for stem in ("learning_curves", "compute"):  # PNG and PDF, also among the parent run's artifacts
+        figure = tmp_path / "results" / "smoke" / f"{stem}.png"
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
+        assert figure.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+    assert {a.path for a in client.list_artifacts(parent, "figures")} >= {"figures/compute.png", "figures/learning_curves.png"}
+    assert "forward tokens (train + eval)" in board and (finals["metrics.total_forward_tokens"] > 0).all()
 
 
 @pytest.mark.parametrize("task", ["infilling", "subj", "continuation"])

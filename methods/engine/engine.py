@@ -1,7 +1,8 @@
 """One object that binds a policy to a task: what every method samples, scores and rewards with.
 
 It tokenizes each query's prompts once, chunks work into `batch_size` sequences, and keeps the
-frozen base (adapters disabled, no grad) for rewards and base likelihoods.
+frozen base (adapters disabled, no grad) for rewards and base likelihoods. It counts the tokens
+that go through the model's forward passes (`forward_tokens`), whoever calls the model.
 """
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ MAX_PADDING = 0.25
 class Engine:
     def __init__(self, policy: Policy, task: Task, batch_size: int = 64):
         self.policy, self.task, self.batch_size = policy, task, batch_size
+        # Token positions computed by forward passes of the policy's model, padding included (it
+        # costs as much as text): sampling steps, scoring, rewards, base likelihoods and whatever a
+        # method or a selection rule runs on `policy.model`. A hook on the model, not a count in
+        # each method below, so that no forward pass escapes it. Backward passes are not counted.
+        self.forward_tokens = 0
+        self._count_hook = policy.model.register_forward_pre_hook(self._count_forward, with_kwargs=True)
         self.tokenizer = policy.tokenizer
         vocab = policy.model.get_output_embeddings().weight.shape[0]
         self.rules = TokenRules.for_task(task, self.tokenizer, vocab)
@@ -42,6 +49,14 @@ class Engine:
             return tuple(self.tokenizer(text, add_special_tokens=special).input_ids)
 
         self._encode = encode
+
+    def _count_forward(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+            self.forward_tokens += 0 if ids is None else ids.shape[0] * ids.shape[1]
+        else:
+            self.forward_tokens += ids.numel()
 
     # --- tokenized task text ------------------------------------------------------------------
     def prompt_ids(self, ex: Example) -> list[int]:
