@@ -60,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,7 +240,13 @@ def load_spec(name: str) -> SweepSpec:
     path = sweep_path(name)
     read = _Reader(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except OSError as err:
+        raise read.error("", f"cannot read it: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise read.error("", f"line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save it as UTF-8") from None
     except yaml.YAMLError as err:
         raise read.error("", f"invalid YAML: {' '.join(str(err).split())}") from None
     top = read.mapping(raw, "", {"description", "base", "tasks", "objective", "pruner", "methods", "final"},
@@ -548,6 +555,10 @@ def _check_resumable(plan: SweepPlan) -> None:
             raise ConfigError(f"resume=true, but there is no sweep to resume at {plan.folder}; "
                               "check run_dir=, or drop resume=true to start one")
         return
+    try:
+        worker.check_journal(storage_path)
+    except worker.JournalError as err:
+        raise ConfigError(str(err)) from None
     storage = worker.storage(plan.storage_path)
     existing = set(optuna.get_all_study_names(storage))
     for method in plan.methods:
@@ -574,6 +585,12 @@ def run_sweep(plan: SweepPlan) -> int:
     tuned entry (trials > 0) has no completed trial or a final run failed."""
     cfg = plan.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from us
+    repaired = worker.repair_journal(plan.storage_path)  # before anything is appended to it
+    if repaired:
+        print(f"warning: {repaired}", file=sys.stderr)
+    # The experiment is made on the store itself, not through a server: its artifacts then live
+    # at a file location that a resume without mlflow_server=true still reaches.
+    tracking.ensure_experiment(cfg)
     with tracking.serve(cfg.run_dir) if cfg.mlflow_server else contextlib.nullcontext():
         return _run_sweep(plan)
 
@@ -592,18 +609,16 @@ def _run_sweep(plan: SweepPlan) -> int:
         "overrides": " ".join(f"{k}={v}" for k, v in plan.overrides.items()),
     })
     parent_id = parent.info.run_id
-    client.log_artifact(parent_id, str(spec.path))
-
-    plan.folder.mkdir(parents=True, exist_ok=True)
-    store = worker.storage(plan.storage_path)
-    studies = {m.name: _open_study(plan, m, store) for m in plan.methods}
-    budgets = {m.name: m.trials for m in plan.methods}
-    n_finals = len(plan.methods) * len(plan.seeds)
-    total = sum(budgets.values())
-
-    status = "FAILED"
-    bar = tqdm(total=total + n_finals, desc=f"sweep {spec.name}", unit="run")
+    status = "FAILED"  # until the sweep gets through: every way out ends the parent run
+    bar = None
     try:
+        client.log_artifact(parent_id, str(spec.path))
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        store = worker.storage(plan.storage_path)
+        studies = {m.name: _open_study(plan, m, store) for m in plan.methods}
+        budgets = {m.name: m.trials for m in plan.methods}
+        n_finals = len(plan.methods) * len(plan.seeds)
+        bar = tqdm(total=sum(budgets.values()) + n_finals, desc=f"sweep {spec.name}", unit="run")
         _run_workers(plan, parent_id, studies, budgets, bar)
         best = _best_trials(plan, studies, client, parent_id, bar)
         ex = launch.executor(cfg.launcher, plan.folder / "submitit", f"{spec.name}-final", cfg.trial_timeout_min,
@@ -614,19 +629,23 @@ def _run_sweep(plan: SweepPlan) -> int:
         status = "KILLED"
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         client.set_terminated(parent_id, status=status)
 
     board = report.build_leaderboard(client, experiment_id, parent_id)
-    path = report.write_leaderboard(board, Path(cfg.results_dir), spec.name)
-    figure = curves.write_curves(client, experiment_id, parent_id, Path(cfg.results_dir), spec.name)
-    print(board.markdown)
-    print(f"\nleaderboard: {path} (and .tex, .csv)" + (f"\nlearning curves: {figure}" if figure else ""))
+    if board.runs:
+        path = report.write_leaderboard(board, Path(cfg.results_dir), spec.name)
+        figure = curves.write_curves(client, experiment_id, parent_id, Path(cfg.results_dir), spec.name)
+        print(board.markdown)
+        print(f"\nleaderboard: {path} (and .tex, .csv)" + (f"\nlearning curves: {figure}" if figure else ""))
+    else:  # a leaderboard of nothing would replace the last good one
+        print(report.kept_message(Path(cfg.results_dir), spec.name, parent_id))
     print(f"runs: {tracking.ui_hint(uri)}")
     missing = [m.name for m in plan.methods if m.trials > 0 and m.name not in best]
     if missing:
         print(f"no completed trial for: {', '.join(missing)}")
-    return 1 if missing or failures else 0
+    return 1 if missing or failures or not board.runs else 0
 
 
 def _run_workers(plan: SweepPlan, parent_id: str, studies: dict[str, optuna.Study], budgets: dict[str, int],
