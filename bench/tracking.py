@@ -163,7 +163,7 @@ def serve(run_dir: str, timeout_s: float = 120.0) -> Iterator[str]:
     for this process and the jobs it starts; the server is stopped (by its PID) on exit."""
     backend = tracking_uri(run_dir)
     if _is_server(backend):
-        raise ValueError(f"mlflow_server=true, but MLFLOW_TRACKING_URI already names a server ({backend}); "
+        raise StoreError(f"mlflow_server=true, but MLFLOW_TRACKING_URI already names a server ({backend}); "
                          "drop one of them")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -182,7 +182,7 @@ def serve(run_dir: str, timeout_s: float = 120.0) -> Iterator[str]:
                     break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the MLflow server did not start; see {log.name}") from None
+                    raise StoreError(f"the MLflow server did not start; see {log.name}") from None
                 time.sleep(0.5)
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         os.environ["MLFLOW_TRACKING_URI"] = uri
