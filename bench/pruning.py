@@ -64,7 +64,7 @@ class Pruned(optuna.TrialPruned):
 
 
 def read_spec(read, value: Any) -> PrunerSpec | None:
-    """The `pruner:` entry of a sweep file; `read` is its sweep_file._Reader (errors name file and key)."""
+    """The `pruner:` entry of a sweep file; `read` is its sweep_file.Reader (errors name file and key)."""
     if value is None or value == "none":
         return None
     if not isinstance(value, dict):

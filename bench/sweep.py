@@ -33,7 +33,7 @@ from bench.config import (ConfigError, Layer, RunConfig, build_config, check_cho
 from bench.config import SWEEPS_DIR  # noqa: F401  (re-exported for callers that set it here; bench.config's is read)
 from bench.interrupt import Interrupted, StopRequest
 from bench.scales import SCALES
-from bench.sweep_file import SearchParam, SweepSpec, _for_scale, _Reader, load_spec, sweep_wide
+from bench.sweep_file import Reader, SearchParam, SweepSpec, for_scale, load_spec, sweep_wide
 from bench.trial import run_trial
 from methods import method_module
 
@@ -94,7 +94,7 @@ class SweepPlan:
 def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
     """Read and check the sweep named in `overrides` against every config it will run."""
     spec = load_spec(overrides["sweep"])
-    read = _Reader(spec.path)
+    read = Reader(spec.path)
     cli = dict(overrides)
     only = cli.pop("method", None)
     trials_everywhere = cli.pop("trials", None)
@@ -112,7 +112,7 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
                                        [*SCALES, "auto"]))
 
     def at_scale(layer: dict[str, Any], where: str) -> dict[str, Any]:
-        return {key: _for_scale(value, scale, read, f"{where}.{key}") for key, value in layer.items()}
+        return {key: for_scale(value, scale, read, f"{where}.{key}") for key, value in layer.items()}
 
     base = at_scale(spec.base, "base")
     task = cli.get("task", base.get("task", RunConfig.__dataclass_fields__["task"].default))
@@ -125,7 +125,7 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
         mspec = spec.methods[label]
         fixed = at_scale(mspec.fixed, f"methods.{label}.fixed")
         trials = (trials_everywhere if trials_everywhere is not None
-                  else _for_scale(mspec.trials, scale, read, f"methods.{label}.trials"))
+                  else for_scale(mspec.trials, scale, read, f"methods.{label}.trials"))
         layers: list[Layer] = [*shared_layers, (f"{read.label}: methods.{label}.fixed", {"method": mspec.method, **fixed})]
         if trials == 0 and mspec.untuned:
             layers.append((f"{read.label}: methods.{label}.untuned", at_scale(mspec.untuned, f"methods.{label}.untuned")))
@@ -144,7 +144,7 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
                 except ConfigError as err:
                     raise read.error(where, str(err)) from None
         plans.append(MethodPlan(label, layers, config, trials, mspec.search))
-    seeds = _for_scale(spec.seeds, scale, read, "final.seeds")
+    seeds = for_scale(spec.seeds, scale, read, "final.seeds")
     for seed in seeds:
         try:
             check_setting("seed", seed, slots(plans[0].config)["seed"])
@@ -152,7 +152,7 @@ def plan_sweep(overrides: dict[str, str]) -> SweepPlan:
             raise read.error("final.seeds", str(err)) from None
     plan = SweepPlan(spec, plans[0].config, plans, seeds, overrides)
     if spec.pruner is not None:
-        plan.pruner_settings = {key: _for_scale(value, scale, read, f"pruner.{key}")
+        plan.pruner_settings = {key: for_scale(value, scale, read, f"pruner.{key}")
                                 for key, value in spec.pruner.settings.items()}
         for method in plans:
             if method.config.trainer.num_processes > 1 and getattr(method_module(method.config.method), "TRAINS", True):

@@ -2,8 +2,6 @@
 file and the key inside it); bench/sweep.py plans and runs what it describes. Reading one loads
 nothing heavy, so that `--help` lists every sweep and a broken file is reported at once.
 
-
-
     description: one line, shown by --help
     base:                                                 # overrides for every run
       task: arithmetic
@@ -130,7 +128,7 @@ class SweepSpec:
     pruner: pruning.PrunerSpec | None = None
 
 
-class _Reader:
+class Reader:
     """Checks one part of the YAML file; errors name the file and the path inside it."""
 
     def __init__(self, path: Path):
@@ -218,7 +216,7 @@ def sweep_descriptions() -> dict[str, str]:
 def load_spec(name: str) -> SweepSpec:
     check_choice("sweep", name, sweep_names())
     path = sweep_path(name)
-    read = _Reader(path)
+    read = Reader(path)
     try:
         data = path.read_bytes()
         raw = yaml.safe_load(data.decode("utf-8"))
@@ -301,7 +299,7 @@ def load_spec(name: str) -> SweepSpec:
     return SweepSpec(name, path, top["description"].strip(), base, tasks, metric, direction, methods, seeds, pruner)
 
 
-def _for_scale(value: Any, scale: str, read: _Reader, where: str) -> Any:
+def for_scale(value: Any, scale: str, read: Reader, where: str) -> Any:
     if not isinstance(value, dict):
         return value
     if scale not in value:
