@@ -414,3 +414,26 @@ def test_ctrl_c_on_a_single_run_is_one_line_exit_130_and_the_run_killed(tmp_path
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
     runs = mlflow.search_runs(experiment_names=["gfn-bench"])
     assert list(runs["status"]) == ["KILLED"] and list(runs["tags.interrupted"]) == ["keyboard"]
+
+
+def test_bench_report_keeps_the_leaderboard_when_the_latest_sweep_run_has_no_finished_final(world, capsys):
+    """The latest invocation of the sweep (in the world's store) failed every final: rebuilding its
+    leaderboard must not replace the good one with an empty table."""
+    import mlflow
+
+    import bench.report
+
+    client = mlflow.MlflowClient(f"sqlite:///{world / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    parent = client.create_run(experiment, tags={"sweep": "smoke", "stage": "sweep"}).info.run_id
+    final = client.create_run(experiment, tags={"sweep": "smoke", "stage": "final", "entry": "gfn_tb",
+                                                "mlflow.parentRunId": parent})
+    client.set_terminated(final.info.run_id, status="FAILED")
+    client.set_terminated(parent, status="FINISHED")
+    before = digest(world / "results")
+
+    assert bench.report.main(["sweep=smoke", "run_dir=runs", "results_dir=results"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: leaderboard not written: no final run of sweep run {parent} finished; "
+                   f"{world / 'results' / 'smoke' / 'leaderboard.md'} keeps the previous one"]
+    assert digest(world / "results") == before
