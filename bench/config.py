@@ -430,10 +430,10 @@ def check_folder(key: str, folder: str) -> None:
 
 
 def check_task(cfg: RunConfig) -> None:
-    """Build the task once, so that a bad `task.*` value or a missing data file is reported
-    before a run or a sweep starts writing anything (and look at the model's files the same way); then let the method refuse settings that
-    cannot work on it (a method module may define `check(cfg, task)`: what one value's range
-    cannot say, such as one setting below another)."""
+    """Look at the model's files and build the task once, so that a missing or malformed model,
+    a bad `task.*` value or a bad data file is reported before a run or a sweep starts writing
+    anything; then let the method refuse settings that cannot work on it (a method module may
+    define `check(cfg, task)`: what one value's range cannot say, such as one setting below another)."""
     try:
         check_model_files(cfg.model)
         task = task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
