@@ -176,7 +176,8 @@ def _provenance(parent) -> str:
     tags = parent.data.tags
     started = datetime.fromtimestamp(parent.info.start_time / 1000, tz=timezone.utc)
     sha = tags.get("git_sha", "unknown") + (" (uncommitted changes)" if tags.get("git_dirty") == "true" else "")
-    return (f"sweep `{tags.get('sweep', '')}`, scale `{tags.get('scale', '')}`, task `{tags.get('task', '')}`, "
+    version = f" version {tags['task_version']}" if tags.get("task_version") else ""  # none before it was tagged
+    return (f"sweep `{tags.get('sweep', '')}`, scale `{tags.get('scale', '')}`, task `{tags.get('task', '')}`{version}, "
             f"model `{tags.get('model', '')}`; code {sha}; run {started:%Y-%m-%d %H:%M} UTC; "
             f"MLflow parent run `{parent.info.run_id}`; report generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
 

@@ -3,7 +3,8 @@ carry a help text) and `train(ctx, cfg)`, and may define `select(engine, example
 test-time rule that picks each query's answer instead of the majority vote (best-of-N), and
 `check(cfg, task)`, which refuses settings that cannot work on a task before a run starts, and
 `TRAINS = False` when it learns nothing (the harness then runs it in one process). A method that
-trains calls `ctx.parallel.sync` and `ctx.parallel.average_gradients` (methods/parallel.py) so that it
+trains restores its state with `ctx.resume`, ends each step with `ctx.end_step` (methods/base.py) and
+calls `ctx.parallel.sync` and `ctx.parallel.average_gradients` (methods/parallel.py) so that it
 also trains with `trainer.num_processes` > 1. Adding a method is one module and one line here."""
 from __future__ import annotations
 

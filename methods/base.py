@@ -2,6 +2,9 @@
 
 The harness builds a `TrainContext` (policy, task, budget, logging callbacks) and calls the method
 module's `train(ctx, cfg)`. A method learns; it does not know about MLflow, Optuna or launchers.
+It restores its state with `ctx.resume(state)` before its loop and ends every optimizer step with
+`ctx.end_step(step, metrics, state)`: metrics, periodic validation, the sample table at the last
+step and the checkpoint, in that order, the same for every method.
 
 Settings are dataclass fields with `metadata={"help": ...}`, and every numeric one (int, float,
 optional or not) declares the values it takes as an interval next to its help:
@@ -19,9 +22,10 @@ from typing import Any, Callable
 
 import torch
 
-from methods.checkpoint import Checkpointer
+from methods.checkpoint import WHAT_TO_DO, CheckpointError, Checkpointer, Stateful, capture_state, restore_state
 from methods.engine.engine import Engine
 from methods.engine.models import Policy
+from methods.engine.rollout import Trajectories
 from methods.parallel import DataParallel
 from methods.train_config import TrainConfig
 from tasks.base import Example, Task
@@ -49,6 +53,42 @@ class TrainContext:
     """The processes this run trains with (`trainer.num_processes`). With several, `train` is this
     process's share (`batch_prompts` divided among them) and `seed` its own; the method calls
     `parallel.sync` before its first step and `parallel.average_gradients` before clipping."""
+
+    def resume(self, state: dict[str, Stateful]) -> int:
+        """Restore the latest checkpoint into the policy, `state` (the objects that carry the
+        method's training state: optimizer, schedule, heads, buffers, its own RNGs) and the global
+        RNGs, if there is one; the first step to run (0 without a checkpoint)."""
+        saved = self.checkpoints.load() if self.checkpoints else None
+        if saved is None:
+            return 0
+        try:
+            restore_state(self.policy, state, saved["state"])
+        except CheckpointError as err:
+            raise CheckpointError(f"checkpoint {self.checkpoints.path} does not fit this run: {err}; {WHAT_TO_DO}") from None
+        return saved["step"] + 1
+
+    def end_step(self, step: int, metrics: dict[str, float], state: dict[str, Stateful], *,
+                 samples: tuple[list[Example], Trajectories, torch.Tensor] | None = None,
+                 steps: int | None = None, eval_every: int | None = None) -> None:
+        """Close optimizer step `step` (counted from 0) of a run of `steps` (default train.steps):
+        record `metrics`; validate every `eval_every` steps (default train.eval_every; 0: never;
+        never at the last step, where the harness evaluates); at the last step, record the first
+        train.log_samples rows of `samples` = (the examples of the rows, the trajectories, each
+        row's log R); then checkpoint `state` when due. The checkpoint comes last, after the
+        step's metrics and evaluation, so a resumed run repeats and skips none."""
+        steps = self.train.steps if steps is None else steps
+        eval_every = self.train.eval_every if eval_every is None else eval_every
+        self.log_metrics(metrics, step)
+        if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            self.evaluate(step + 1)
+        # Here, not after the method's loop: a run resumed after its last step has no samples.
+        if samples is not None and step + 1 == steps:
+            examples, traj, log_reward = samples
+            texts = self.engine.texts(traj)
+            self.log_samples([{"query": examples[i].query, "sample": texts[i], "log_reward": float(log_reward[i])}
+                              for i in range(min(len(traj), self.train.log_samples))], steps)
+        if self.checkpoints and self.checkpoints.due(step, steps):
+            self.checkpoints.save(step, capture_state(self.policy, state))
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Resumable training: the latest training state of a run, kept as one file in its folder.
 
 A method names the objects that carry its state (optimizer, LR schedule, heads, replay buffer,
-its `random.Random`s and `torch.Generator`s) in one dict, restores them with
-`resume_from_checkpoint` before its loop and saves them with `checkpoint_if_due` at the end of each
-step. The LoRA parameters and the global RNGs (python, numpy, torch CPU and CUDA) are always saved.
+its `random.Random`s and `torch.Generator`s) in one dict, restores them with `ctx.resume` before
+its loop and has them saved by `ctx.end_step` at the end of each step (methods/base.py). The LoRA
+parameters and the global RNGs (python, numpy, torch CPU and CUDA) are always saved.
 
 The file holds plain containers of tensors, numbers and strings only, so it loads with
 `torch.load(weights_only=True)`: nothing in it can run code.
@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from methods.base import TrainContext
     from methods.engine.models import Policy
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -91,28 +90,6 @@ class Checkpointer:
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             raise CheckpointError(f"checkpoint {self.path} is not in format {FORMAT}; {WHAT_TO_DO}")
         return {"step": saved["step"], "state": saved["state"]}
-
-
-# --- what a method calls ----------------------------------------------------------------------
-
-def resume_from_checkpoint(ctx: TrainContext, parts: dict[str, Stateful]) -> int:
-    """Restore the latest checkpoint into the policy, `parts` and the global RNGs, if there is
-    one; the first step to run (0 without a checkpoint)."""
-    saved = ctx.checkpoints.load() if ctx.checkpoints else None
-    if saved is None:
-        return 0
-    try:
-        restore_state(ctx.policy, parts, saved["state"])
-    except CheckpointError as err:
-        raise CheckpointError(f"checkpoint {ctx.checkpoints.path} does not fit this run: {err}; {WHAT_TO_DO}") from None
-    return saved["step"] + 1
-
-
-def checkpoint_if_due(ctx: TrainContext, step: int, parts: dict[str, Stateful], steps: int | None = None) -> None:
-    """Save the state after `step` when the run's checkpoint interval (or its last step) says so;
-    `steps`: the method's own number of steps when it is not train.steps (SFT's epochs)."""
-    if ctx.checkpoints and ctx.checkpoints.due(step, ctx.train.steps if steps is None else steps):
-        ctx.checkpoints.save(step, capture_state(ctx.policy, parts))
 
 
 # --- state <-> plain containers ----------------------------------------------------------------

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import torch
 
 from methods.base import WARMUP_HELP, QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
-from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 from methods.engine.replay import ReplayBuffer, stored_log_rewards
 from methods.engine.rollout import Trajectories
 from tasks.base import Example, Task
@@ -174,7 +173,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     unseeded = UnseededQueries(seedable if cfg.seed_buffer else [])
     resumable = {"optimizer": optimizer, "schedule": schedule, "flow_head": flow_head, "buffer": buffer,
                  "unseeded": unseeded, "queries": queries.rng, "rng": rng, "generator": generator}
-    start = resume_from_checkpoint(ctx, resumable)
+    start = ctx.resume(resumable)
 
     k = budget.samples_per_prompt
     for step in range(start, budget.steps):
@@ -247,7 +246,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
         schedule.step()
         logpf, final_r, log_z = (torch.cat(stats[key]) for key in ("logpf", "final_r", "log_z"))
 
-        ctx.log_metrics({
+        ctx.end_step(step, {
             "loss": stats["loss"],
             "log_reward": (final_r * temp_r).mean().item(),
             "log_reward_tempered": final_r.mean().item(),
@@ -257,15 +256,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
             "reward_temperature": temp_r,
             "lr": schedule.get_last_lr()[0],
             "buffer_size": float(len(buffer)),
-        }, step)
-        if budget.eval_every and (step + 1) % budget.eval_every == 0 and step + 1 < budget.steps:
-            ctx.evaluate(step + 1)
-        if step + 1 == budget.steps:  # here, not after the loop: a run resumed after its last step has no samples
-            texts = engine.texts(traj)
-            ctx.log_samples([{"query": examples[i].query, "sample": texts[i], "log_reward": float(final_r[i] * temp_r)}
-                             for i in range(min(len(traj), budget.log_samples))], budget.steps)
-        # Last in the step, after its metrics and evaluation: a resumed run repeats and skips none.
-        checkpoint_if_due(ctx, step, resumable)
+        }, resumable, samples=(examples, traj, final_r * temp_r))
 
 
 @torch.no_grad()

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import torch
 
 from methods.base import WARMUP_HELP, QuerySampler, RewardTemperature, TrainContext, check_finite, micro_batches, warmup_schedule
-from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 from methods.engine.rollout import Scores, Trajectories
 
 
@@ -79,7 +78,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     k = budget.samples_per_prompt
     resumable = {"optimizer": optimizer, "schedule": schedule, "value_head": value_head,
                  "queries": queries.rng, "generator": generator}
-    start = resume_from_checkpoint(ctx, resumable)
+    start = ctx.resume(resumable)
 
     for step in range(start, budget.steps):
         temp_r = cfg.reward_temperature(step, budget.steps)
@@ -139,7 +138,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
             optimizer.step()
         schedule.step()
 
-        ctx.log_metrics({
+        ctx.end_step(step, {
             **totals,
             "log_reward": (log_r * temp_r).mean().item(),
             "log_reward_tempered": log_r.mean().item(),
@@ -147,12 +146,4 @@ def train(ctx: TrainContext, cfg: Config) -> None:
             "sample_length": sum(traj.n_actions) / len(traj),
             "reward_temperature": temp_r,
             "lr": schedule.get_last_lr()[0],
-        }, step)
-        if budget.eval_every and (step + 1) % budget.eval_every == 0 and step + 1 < budget.steps:
-            ctx.evaluate(step + 1)
-        if step + 1 == budget.steps:  # here, not after the loop: a run resumed after its last step has no samples
-            texts = engine.texts(traj)
-            ctx.log_samples([{"query": examples[i].query, "sample": texts[i], "log_reward": float(log_r[i] * temp_r)}
-                             for i in range(min(len(traj), budget.log_samples))], budget.steps)
-        # Last in the step, after its metrics and evaluation: a resumed run repeats and skips none.
-        checkpoint_if_due(ctx, step, resumable)
+        }, resumable, samples=(examples, traj, log_r * temp_r))

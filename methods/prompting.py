@@ -4,14 +4,15 @@ k-shot puts the task's first k demonstrations, worked out, in front of every pol
 `policy_prompt(demo) + rationale + observation(demo) + "\\n"` each, the observation left out where
 the policy could not write it (`tasks.base.policy_demonstration`: arithmetic's ". The answer is
 14."), the layout the arithmetic task uses for its own `policy_shots` (tests/test_baselines.py
-checks that they agree). The harness evaluates through `ctx.engine`, so giving the engine the
-k-shot view of the task is all it takes; the reward prompt is untouched.
+checks that they agree). The module declares it as `evaluation_task`: the task the evaluated
+engine shows the policy; the reward prompt is untouched.
 
 `method.decoding` picks how evaluation decodes from the base LM (the paper's continuation baselines,
 section 4.1): the engine's sampler at `train.eval_temperature` (`sample`, the default), or greedy,
 beam search, diverse beam search, nucleus or tempered sampling (`methods/engine/decoding.py`), each
-returning the n = `train.eval_samples` samples evaluation asks per query. Beam searches refuse tasks
-with a tool (arithmetic's calculator); the others keep it in the loop.
+given the n = `train.eval_samples` samples evaluation asks per query. The module declares it as
+`decoding`. Beam searches refuse tasks with a tool (arithmetic's calculator); the others keep it in
+the loop.
 """
 from __future__ import annotations
 
@@ -81,22 +82,31 @@ def few_shot(task: Task, shots: int) -> Task:
     return FewShotTask(task, context)
 
 
-def _decoding(cfg: Config) -> Decoding | None:
+# --- what evaluation uses instead of the task's own prompts and the engine's sampler -----------------
+
+def evaluation_task(cfg: Config, task: Task) -> Task:
+    """The task as the evaluated policy sees it: with `method.shots` worked demonstrations."""
+    return few_shot(task, cfg.shots)
+
+
+def decoding(cfg: Config) -> Decoding | None:
+    """How evaluation decodes its samples per query; None: the engine's own sampler."""
     if cfg.decoding == "sample":
-        return None  # the engine's own sampler
+        return None
     return Decoding(cfg.decoding, cfg.beams, cfg.beam_groups, cfg.diversity_penalty, cfg.top_p, cfg.temperature)
 
 
 def check(cfg: Config, task: Task) -> None:
     """Refuse settings that cannot work on `task` (the harness calls this before a run starts)."""
-    shown = few_shot(task, cfg.shots)
-    decoding = _decoding(cfg)
-    if decoding is not None:
-        decoding.check(shown)
+    shown = evaluation_task(cfg, task)
+    decode = decoding(cfg)
+    if decode is not None:
+        decode.check(shown)
 
 
 def train(ctx: TrainContext, cfg: Config) -> None:
-    """Nothing to learn: only the prompts the evaluation samples from, and how it decodes, change."""
+    """Nothing to learn: evaluation samples from `evaluation_task` with `decoding`."""
     check(cfg, ctx.task)
-    ctx.engine.task = few_shot(ctx.task, cfg.shots)
-    ctx.engine.decode = _decoding(cfg)
+    # Until the harness builds the evaluated engine from these two declarations itself.
+    ctx.engine.task = evaluation_task(cfg, ctx.task)
+    ctx.engine.decode = decoding(cfg)

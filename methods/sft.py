@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import torch
 
 from methods.base import TrainContext, check_finite, micro_batches, warmup_schedule
-from methods.checkpoint import checkpoint_if_due, resume_from_checkpoint
 from methods.engine.metrics import FREE_FORM_METRICS, METRICS
 from methods.engine.models import Policy
 from tasks.base import Task
@@ -166,7 +165,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
     order = EpochOrder(len(demos), parallel.gather(ctx.seed)[0])
     best = BestAdapter(higher)
     resumable = {"optimizer": optimizer, "schedule": schedule, "shuffle": order.rng, "epoch_order": order, "best": best}
-    start = resume_from_checkpoint(ctx, resumable)
+    start = ctx.resume(resumable)
 
     for step in range(start, steps):
         rows_of_step = order.draw(batch)
@@ -200,8 +199,7 @@ def train(ctx: TrainContext, cfg: Config) -> None:
             metrics["best_step"] = float(best.step if best.step is not None else steps)
             if best.value is not None:
                 metrics["best_valid"] = best.value
-        ctx.log_metrics(metrics, step)
-        # Last in the step, after its metrics and evaluation: a resumed run repeats and skips none.
-        checkpoint_if_due(ctx, step, resumable, steps)
+        # Its own evaluations (above) pick the adapter kept: none at train.eval_every.
+        ctx.end_step(step, metrics, resumable, steps=steps, eval_every=0)
     if best.step is not None:
         best.restore(policy)

@@ -3,8 +3,8 @@
 X = `Question: 5 + 9 - 3 + 8 = ? Answer:`; the policy writes steps like ` 5 + 9 =` and the
 calculator inserts ` 14` after each `=`; Y = `. The answer is 19.`. Questions come from a seeded
 generator whose splits never share a question, or from the paper's files (which do: paper.md
-section 5, defect 5) for comparison with its numbers. Prompts, token rules, metrics, file names
-and defaults are in tasks/arithmetic.yaml.
+section 5, defect 5) for comparison with its numbers. Prompts, token rules, metric names and file
+names are in tasks/arithmetic.yaml; the settings, with their defaults, in `Config`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from tasks.calculator import calculate, chain_value
 from tasks.spec import SpecTask, load_spec
 
 SPEC = load_spec("arithmetic")
-DEFAULTS = SPEC.defaults
 SOURCES = ("generated", "reference")
 REFERENCE_DIR = SPEC.data["reference_dir"]
 REFERENCE_DEMOS = SPEC.data["reference_demos"]
@@ -34,36 +33,36 @@ _INT = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*")
 
 @dataclass
 class Config:
-    source: str = field(default=DEFAULTS["source"], metadata={
+    source: str = field(default='generated', metadata={
         "help": "'generated': seeded questions, no question shared between splits; 'reference': "
                 "the paper's files in <data_dir>/arithmetic_ref/ (their test files overlap "
                 "their training files; see overlap_report)"})
-    data_seed: int = field(default=DEFAULTS["data_seed"], metadata={"range": "[0, inf)",
+    data_seed: int = field(default=0, metadata={"range": "[0, inf)",
         "help": "seed of the question generator, and of which reference 'hw' items become valid"})
-    n_demos: int = field(default=DEFAULTS["n_demos"], metadata={"range": "[0, inf)",
+    n_demos: int = field(default=50, metadata={"range": "[0, inf)",
         "help": "worked examples with rationales, 3 or 4 operands (reference: the first n of the "
                 "file, at most 50)"})
-    n_train: int = field(default=DEFAULTS["n_train"], metadata={"range": "[0, inf)",
+    n_train: int = field(default=1000, metadata={"range": "[0, inf)",
         "help": "training questions, 3 or 4 operands (reference: at most the 'hw' items left "
                 "after valid is taken)"})
-    n_valid: int = field(default=DEFAULTS["n_valid"], metadata={"range": "[0, inf)",
+    n_valid: int = field(default=200, metadata={"range": "[0, inf)",
         "help": "validation questions, 3 or 4 operands (reference: drawn from 'hw' items that are "
                 "in no test file, and removed from train)"})
-    n_test: int = field(default=DEFAULTS["n_test"], metadata={"range": "[0, inf)",
+    n_test: int = field(default=500, metadata={"range": "[0, inf)",
         "help": "questions per test split: test_3op, test_4op (in distribution), test_5op (out "
                 "of distribution) (reference: the first n of each file, at most 500)"})
-    reward_shots: int = field(default=DEFAULTS["reward_shots"], metadata={"range": "[0, inf)",
+    reward_shots: int = field(default=3, metadata={"range": "[0, inf)",
         "help": "worked examples (the first demonstrations) in the reward LM's prompt; paper: 3"})
-    policy_shots: int = field(default=DEFAULTS["policy_shots"], metadata={"range": "[0, inf)",
+    policy_shots: int = field(default=0, metadata={"range": "[0, inf)",
         "help": "worked examples (the first demonstrations) in the policy prompt; paper: 0"})
-    min_actions: int = field(default=DEFAULTS["min_actions"], metadata={"range": "[0, inf)",
+    min_actions: int = field(default=5, metadata={"range": "[0, inf)",
         "help": "fewest policy tokens before end of sample is allowed; paper: 5"})
-    reward_tool_outputs: bool = field(default=DEFAULTS["reward_tool_outputs"], metadata={
+    reward_tool_outputs: bool = field(default=False, metadata={
         "help": "whether log R includes the base LM's log-prob of the calculator's outputs (the paper's "
                 "reward did). They follow from the actions, so the posterior over actions need not pay for "
                 "the LM's poor arithmetic: without them a correct rationale's log R rises from -9.7 to -5.6 "
                 "while fillers stay at -26 (results/gfn_vs_ppo/exploration.md)"})
-    max_actions: int = field(default=DEFAULTS["max_actions"], metadata={"range": "[1, inf)",
+    max_actions: int = field(default=40, metadata={"range": "[1, inf)",
         "help": "most policy tokens per sample (tool outputs not counted). The paper's 18 was for "
                 "GPT-J tokens; the SmolLM2 tokenizer splits every digit and space, so the "
                 "4-operand steps ' 5 + 9 =, 14 - 3 =, 11 + 8 =' take 22 tokens, 5 operands 30"})

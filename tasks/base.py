@@ -64,11 +64,13 @@ class Task(Protocol):
     max_actions: int
 
     tool_trigger: str | None
-    """Optional: text that every token after which `tool` can insert something contains (arithmetic:
-    "="); the engine then asks the tool only after such tokens. Absent or None: after every token."""
+    """None: the task has no tool, and the engine never asks it. Else text that every token after
+    which `tool` can insert something contains (arithmetic: "="; "" for a tool that may answer
+    after any token): the engine asks the tool only after such tokens, so that rows are not decoded
+    after every token."""
 
     def tool(self, generated: str) -> str | None:
-        """Called after every policy token (or every one holding `tool_trigger`) with the text generated so far.
+        """Called after every policy token holding `tool_trigger` with the text generated so far.
 
         Returns text the environment inserts right now (its tokens are not policy actions),
         or None. Must never raise.

@@ -20,22 +20,21 @@ from tasks.data import DataError, read_lines, require
 from tasks.spec import SpecTask, load_spec
 
 SPEC = load_spec("continuation")
-DEFAULTS = SPEC.defaults
 
 
 @dataclass
 class Config:
-    path: str | None = field(default=DEFAULTS["path"], metadata={
+    path: str | None = field(default=None, metadata={
         "help": "prompt file, one prompt a line; null: <data_dir>/openwebtext/prompts.txt"})
-    n_train: int = field(default=DEFAULTS["n_train"], metadata={"range": "[1, inf)",
+    n_train: int = field(default=950, metadata={"range": "[1, inf)",
         "help": "training prompts: the file's first lines (paper: 950)"})
-    n_valid: int = field(default=DEFAULTS["n_valid"], metadata={"range": "[1, inf)",
+    n_valid: int = field(default=50, metadata={"range": "[1, inf)",
         "help": "validation prompts: the lines after the training ones (paper: 50)"})
-    n_test: int = field(default=DEFAULTS["n_test"], metadata={"range": "[1, inf)",
+    n_test: int = field(default=50, metadata={"range": "[1, inf)",
         "help": "test prompts: the lines after the validation ones (the paper has no test split)"})
-    min_actions: int = field(default=DEFAULTS["min_actions"], metadata={"range": "[1, inf)",
+    min_actions: int = field(default=1, metadata={"range": "[1, inf)",
         "help": "fewest tokens of the sentence before its '.' (paper: 1)"})
-    max_actions: int = field(default=DEFAULTS["max_actions"], metadata={"range": "[1, inf)",
+    max_actions: int = field(default=30, metadata={"range": "[1, inf)",
         "help": "most tokens of the sentence (paper: 30)"})
 
 

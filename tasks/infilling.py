@@ -19,28 +19,27 @@ from tasks.data import read_csv, require
 from tasks.spec import TASKS_DIR, SpecTask, load_spec
 
 SPEC = load_spec("infilling")
-DEFAULTS = SPEC.defaults
 SHIPPED = TASKS_DIR / SPEC.data["shipped"]
 COLUMNS = tuple(SPEC.data["columns"])
 
 
 @dataclass
 class Config:
-    path: str | None = field(default=DEFAULTS["path"], metadata={
+    path: str | None = field(default=None, metadata={
         "help": "ROCStories-format CSV (storyid,storytitle,sentence1..sentence5); null: the stories "
                 "shipped in tasks/data/stories/ (ROCStories must be requested from its authors)"})
-    n_test: int = field(default=DEFAULTS["n_test"], metadata={"range": "[0, inf)",
+    n_test: int = field(default=40, metadata={"range": "[0, inf)",
         "help": "test stories: the file's first rows (paper: rows 0-99)"})
-    n_valid: int = field(default=DEFAULTS["n_valid"], metadata={"range": "[0, inf)",
+    n_valid: int = field(default=20, metadata={"range": "[0, inf)",
         "help": "validation stories: the rows after the test rows"})
-    n_train: int | None = field(default=DEFAULTS["n_train"], metadata={"range": "[1, inf)",
+    n_train: int | None = field(default=None, metadata={"range": "[1, inf)",
         "help": "training stories: the rows after the validation rows, at most this many; null: all "
                 "(paper: 900)"})
-    min_actions: int = field(default=DEFAULTS["min_actions"], metadata={"range": "[0, inf)",
+    min_actions: int = field(default=5, metadata={"range": "[0, inf)",
         "help": "fewest tokens of the sampled sentence before it may end (paper: 5)"})
-    max_actions: int = field(default=DEFAULTS["max_actions"], metadata={"range": "[1, inf)",
+    max_actions: int = field(default=25, metadata={"range": "[1, inf)",
         "help": "most tokens of the sampled sentence (paper: 25)"})
-    embedding_model: str | None = field(default=DEFAULTS["embedding_model"], metadata={
+    embedding_model: str | None = field(default=None, metadata={
         "help": "folder of a local sentence encoder for embedding_similarity and embedding_diversity "
                 "(mean pooling); null: all-MiniLM-L6-v2 from its wheel"})
 

@@ -1,12 +1,14 @@
-"""A task's YAML file (`tasks/<name>.yaml`): its prompts, token rules, metrics, data and defaults.
+"""A task's YAML file (`tasks/<name>.yaml`): its prompts, token rules, metric list and data files.
 
 The fields follow lm-evaluation-harness task files: `task`, `version`, `description`, prompt
-templates, `metrics: [{name, higher_is_better}]`, plus `generation` (what the policy may emit and
-what ends a sample), `data` (where the task's files are), `defaults` (the default of every
-field of the task's `Config`) and `method_defaults` (the paper's method settings for this task,
-e.g. its reward-temperature schedule; bench/config.py applies each to every method whose Config
-has the field, above the dataclass defaults and below the scale preset). A task module reads its
-file once at import; adding a task is one module, one YAML file and one line in `tasks/__init__.py`.
+templates, `metrics` (the names the evaluation reports; each metric's direction is declared once,
+in methods/engine/metrics.py), plus `generation` (what the policy may emit and what ends a
+sample), `data` (where the task's files are) and `method_defaults` (the paper's method settings
+for this task, e.g. its reward-temperature schedule; bench/config.py applies each to every method
+whose Config has the field, above the dataclass defaults and below the scale preset). The task's
+own settings, with their defaults and help, are its module's `Config` dataclass. A task module
+reads its file once at import; adding a task is one module, one YAML file and one line in
+`tasks/__init__.py`.
 
 Templates are `str.format` strings over an example's visible fields `{query}` and `{given}`; only
 `observation` and the optional `seed_prompt` (from which the base LM samples replay-buffer seeds,
@@ -15,7 +17,6 @@ cannot leak it by construction.
 """
 from __future__ import annotations
 
-import dataclasses
 import string
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,18 +31,12 @@ TASKS_DIR = Path(__file__).resolve().parent
 PROMPT_FIELDS = frozenset({"query", "given"})  # what the policy and the reward prompt may show
 OBSERVATION_FIELDS = PROMPT_FIELDS | {"answer"}
 _KEYS = {"task", "version", "description", "policy_prompt", "reward_prompt", "observation",
-         "generation", "metrics", "data", "defaults", "method_defaults", "tie_break", "seed_prompt"}
+         "generation", "metrics", "data", "method_defaults", "tie_break", "seed_prompt"}
 _GENERATION_KEYS = {"allowed_chars", "stop_on_newline", "terminators", "banned_tokens"}
 
 
 class TaskSpecError(ValueError):
     """A task YAML file is malformed; the message names the file and the key."""
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    name: str
-    higher_is_better: bool | None
 
 
 @dataclass(frozen=True)
@@ -56,25 +51,12 @@ class TaskSpec:
     stop_on_newline: bool
     terminators: tuple[str, ...]  # token texts that end a sample; empty: EOS
     banned_tokens: frozenset[str]  # token texts the policy may never emit
-    metrics: tuple[MetricSpec, ...]
+    metrics: tuple[str, ...]  # metric names, each declared (with its direction) in methods/engine/metrics.py
     data: dict[str, Any]
-    defaults: dict[str, Any]
     method_defaults: dict[str, Any]  # method Config field -> this task's value (checked in bench/config.py)
     tie_break: str | None  # the answer that wins a tied majority vote
     seed_prompt: str | None  # the base LM samples replay-buffer seeds after it; None: seed from demonstrations
     path: Path
-
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.metrics)
-
-    def check_defaults(self, config_class: type) -> None:
-        """`defaults` must name exactly the fields of the task's Config."""
-        fields = {f.name for f in dataclasses.fields(config_class)}
-        extra, missing = sorted(set(self.defaults) - fields), sorted(fields - set(self.defaults))
-        if extra or missing:
-            raise TaskSpecError(f"{self.path.name}: defaults must list every Config field and no other; "
-                                f"unknown: {', '.join(extra) or '-'}; missing: {', '.join(missing) or '-'}")
 
 
 def template_fields(template: str) -> set[str]:
@@ -112,20 +94,16 @@ def _template(path: Path, raw: dict[str, Any], key: str, allowed: frozenset[str]
     return value
 
 
-def _metrics(path: Path, value: Any) -> tuple[MetricSpec, ...]:
+def _metrics(path: Path, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        raise _error(path, "metrics", "expected a non-empty list of {name, higher_is_better}")
-    out = []
+        raise _error(path, "metrics", "expected a non-empty list of metric names")
     for i, item in enumerate(value):
-        if not isinstance(item, dict) or set(item) != {"name", "higher_is_better"}:
-            raise _error(path, f"metrics[{i}]", f"expected {{name, higher_is_better}}, got {item!r}")
-        if not isinstance(item["name"], str) or item["higher_is_better"] not in (True, False, None):
-            raise _error(path, f"metrics[{i}]", "name must be a string and higher_is_better true, false or null")
-        out.append(MetricSpec(item["name"], item["higher_is_better"]))
-    names = [m.name for m in out]
-    if len(set(names)) != len(names):
+        if not isinstance(item, str) or not item:
+            raise _error(path, f"metrics[{i}]", f"expected a metric name (its direction is declared in "
+                                                f"methods/engine/metrics.py), got {item!r}")
+    if len(set(value)) != len(value):
         raise _error(path, "metrics", "a metric is listed twice")
-    return tuple(out)
+    return tuple(value)
 
 
 def _text_list(path: Path, value: Any, where: str) -> tuple[str, ...]:
@@ -184,7 +162,6 @@ def parse_spec(path: Path) -> TaskSpec:
         banned_tokens=frozenset(_text_list(path, generation.get("banned_tokens"), "generation.banned_tokens")),
         metrics=_metrics(path, raw.get("metrics")),
         data=_mapping(path, raw.get("data"), "data"),
-        defaults=_mapping(path, raw.get("defaults"), "defaults"),
         method_defaults=_method_defaults(path, raw.get("method_defaults")),
         tie_break=tie_break,
         seed_prompt=_template(path, raw, "seed_prompt", OBSERVATION_FIELDS) if "seed_prompt" in raw else None,
@@ -209,11 +186,11 @@ class SpecTask:
     wrong_choice_penalty = 0.0
     seed_rationales = 0
     embedding_model: str | None = None
+    tool_trigger: str | None = None  # no tool
 
     def _take_config(self, config) -> None:
-        """What every task does first with its (already checked) Config: check the YAML's
-        defaults against the Config class, keep it, and take the action bounds from it."""
-        self.spec.check_defaults(type(config))
+        """What every task does first with its (already checked) Config: keep it, and take the
+        action bounds from it."""
         self.config = config
         self.min_actions, self.max_actions = config.min_actions, config.max_actions
 
@@ -239,7 +216,7 @@ class SpecTask:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return self.spec.metric_names
+        return self.spec.metrics
 
     @property
     def tie_break(self) -> str | None:

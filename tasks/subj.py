@@ -36,32 +36,31 @@ from tasks.data import DataError, read_jsonl, require
 from tasks.spec import SpecTask, load_spec
 
 SPEC = load_spec("subj")
-DEFAULTS = SPEC.defaults
 LABELS: tuple[str, ...] = tuple(SPEC.data["labels"])
 _STATED_LABEL = re.compile(r"so it is (" + "|".join(map(re.escape, LABELS)) + r")\b")
 
 
 @dataclass
 class Config:
-    path: str | None = field(default=DEFAULTS["path"], metadata={
+    path: str | None = field(default=None, metadata={
         "help": "folder with train.jsonl, test.jsonl and train.{n}.jsonl; null: <data_dir>/subj, "
                 "else the Hugging Face dataset SetFit/subj"})
-    n_train: int = field(default=DEFAULTS["n_train"], metadata={"range": "[1, inf)",
+    n_train: int = field(default=10, metadata={"range": "[1, inf)",
         "help": "labelled training examples: reads train.{n}.jsonl (the paper's 10, 20, 50)"})
-    n_valid: int = field(default=DEFAULTS["n_valid"], metadata={"range": "[1, inf)",
+    n_valid: int = field(default=200, metadata={"range": "[1, inf)",
         "help": "validation items, drawn from train.jsonl outside the few-shot set and the test split"})
-    n_test: int | None = field(default=DEFAULTS["n_test"], metadata={"range": "[1, inf)",
+    n_test: int | None = field(default=None, metadata={"range": "[1, inf)",
         "help": "test items: the first n of test.jsonl; null: all (2,000)"})
-    data_seed: int = field(default=DEFAULTS["data_seed"], metadata={"range": "[0, inf)",
+    data_seed: int = field(default=0, metadata={"range": "[0, inf)",
         "help": "seed of the validation draw"})
-    min_actions: int = field(default=DEFAULTS["min_actions"], metadata={"range": "[1, inf)",
+    min_actions: int = field(default=1, metadata={"range": "[1, inf)",
         "help": "fewest rationale tokens (paper: 1)"})
-    max_actions: int = field(default=DEFAULTS["max_actions"], metadata={"range": "[1, inf)",
+    max_actions: int = field(default=5, metadata={"range": "[1, inf)",
         "help": "most rationale tokens (paper: 5)"})
-    wrong_label_penalty: float = field(default=DEFAULTS["wrong_label_penalty"], metadata={"range": "(-inf, 0]",
+    wrong_label_penalty: float = field(default=-50.0, metadata={"range": "(-inf, 0]",
         "help": "added to the tempered log-reward (after dividing by the reward temperature) of a state "
                 "after which the base LM prefers the wrong label (paper: -50); 0: no shaping"})
-    seed_rationales: int = field(default=DEFAULTS["seed_rationales"], metadata={"range": "[0, inf)",
+    seed_rationales: int = field(default=20, metadata={"range": "[0, inf)",
         "help": "rationales per training example that the base LM samples after the YAML's seed_prompt "
                 "('... This review is {label} because it is'), cut at the first non-alphanumeric token, "
                 "to pre-seed the GFlowNet's replay buffer (paper: 20); 0: seed it with the demonstrations"})

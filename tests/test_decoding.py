@@ -26,6 +26,7 @@ class ToyTask:
     allowed_chars = "ab \n"
     stop_on_newline = True
     min_actions, max_actions = 2, 7
+    tool_trigger = "b"
 
     def __init__(self, with_tool: bool = False):
         self.with_tool = with_tool
@@ -71,13 +72,18 @@ def toy_engine(policy, with_tool=False, batch_size=4):
     return Engine(policy, ToyTask(with_tool), batch_size=batch_size)
 
 
-def examples(repeats: list[int]) -> list[Example]:
-    return [Example(PROMPTS[q], "") for q, r in enumerate(repeats) for _ in range(r)]
+def queries(n: int) -> list[Example]:
+    return [Example(prompt, "") for prompt in PROMPTS[:n]]
 
 
-def decode(engine, name, rows, seed=0, **fields):
-    engine.decode = decoding(name, **fields)
-    return engine.sample(rows, [0.1] * len(rows), torch.Generator(device=engine.policy.device).manual_seed(seed))
+def repeated(asked: list[Example], samples: int) -> list[Example]:
+    """The example each row answers: every query `samples` times in a row."""
+    return [ex for ex in asked for _ in range(samples)]
+
+
+def decode(engine, name, asked, samples, seed=0, **fields):
+    """`samples` rows per query of `asked`, as evaluation asks a decoding for them."""
+    return decoding(name, **fields)(engine, asked, samples, torch.Generator(device=engine.policy.device).manual_seed(seed))
 
 
 def slow_greedy(engine, ex):
@@ -141,8 +147,8 @@ def test_merge_terminators_puts_the_mass_of_ending_on_one_token():
 
 def test_greedy_matches_a_slow_argmax_loop_with_the_tool(policy):
     engine = toy_engine(policy, with_tool=True)
-    rows = examples([3, 1, 2, 2, 1, 1, 1, 1])
-    traj = decode(engine, "greedy", rows)
+    rows = repeated(queries(len(PROMPTS)), 2)
+    traj = decode(engine, "greedy", queries(len(PROMPTS)), 2)
     assert len(traj) == len(rows) and traj.example_idx == list(range(len(rows)))
     for i, ex in enumerate(rows):
         tokens, acts, terminated = slow_greedy(engine, ex)
@@ -155,11 +161,11 @@ def test_greedy_matches_a_slow_argmax_loop_with_the_tool(policy):
 
 def test_nucleus_with_a_tiny_top_p_is_greedy(policy):
     engine = toy_engine(policy, with_tool=True)
-    rows = examples([2, 2, 1, 3])
-    greedy = decode(engine, "greedy", rows)
-    nucleus = decode(engine, "nucleus", rows, top_p=1e-6)
+    asked = queries(4)
+    greedy = decode(engine, "greedy", asked, 2)
+    nucleus = decode(engine, "nucleus", asked, 2, top_p=1e-6)
     assert (nucleus.tokens, nucleus.is_action, nucleus.terminated) == (greedy.tokens, greedy.is_action, greedy.terminated)
-    wide = decode(engine, "nucleus", rows, top_p=0.95)
+    wide = decode(engine, "nucleus", asked, 2, top_p=0.95)
     assert wide.tokens != greedy.tokens  # a real nucleus samples
 
 
@@ -182,8 +188,8 @@ def test_greedy_on_arithmetic_through_prompting_and_evaluation(policy):
 
 def test_beam_search_with_one_beam_is_greedy(policy):
     engine = toy_engine(policy)
-    rows = examples([1] * len(PROMPTS))
-    greedy, beam = decode(engine, "greedy", rows), decode(engine, "beam", rows, beams=1)
+    asked = queries(len(PROMPTS))
+    greedy, beam = decode(engine, "greedy", asked, 1), decode(engine, "beam", asked, 1, beams=1)
     assert (beam.tokens, beam.terminated) == (greedy.tokens, greedy.terminated)
 
 
@@ -193,7 +199,7 @@ def test_beam_scores_are_teacher_forced_log_probs_and_beat_greedy(policy):
     with policy.base():
         found = beam_search(policy.model, engine.tokenizer, engine.task, engine.rules, prompts,
                             [(1, 4)] * len(prompts), 0.0)
-    greedy = decode(engine, "greedy", examples([1] * len(PROMPTS)))
+    greedy = decode(engine, "greedy", queries(len(PROMPTS)), 1)
     greedy_logp = teacher_forced_logp(engine, greedy)
     better = 0
     for q, (groups, prompt) in enumerate(zip(found, PROMPTS)):
@@ -211,37 +217,36 @@ def test_beam_scores_are_teacher_forced_log_probs_and_beat_greedy(policy):
 
 def test_beam_search_returns_the_best_beams_per_query(policy):
     engine = toy_engine(policy)
-    rows = examples([3, 2])
-    traj = decode(engine, "beam", rows, beams=2)  # 6 and 4 beams
+    traj = decode(engine, "beam", queries(2), 3, beams=2)  # 6 beams per query
     logp = teacher_forced_logp(engine, traj)
-    for run in (range(0, 3), range(3, 5)):
+    for run in (range(0, 3), range(3, 6)):
         assert len({tuple(traj.tokens[i]) for i in run}) == len(run)  # distinct beams
         assert all(logp[i] >= logp[i + 1] - 1e-5 for i in run[:-1])
-    greedy = decode(engine, "greedy", rows)
+    greedy = decode(engine, "greedy", queries(2), 3)
     assert all(logp[i] >= teacher_forced_logp(engine, greedy)[i] - 1e-5 for i in (0, 3))
 
 
 def test_diverse_beam_groups(policy):
     engine = toy_engine(policy)
-    rows = examples([3, 3])
+    asked = queries(2)
     # Without a penalty every group is the same beam search: n copies of its best.
-    same = decode(engine, "diverse_beam", rows, beams=2, diversity_penalty=0.0)
-    alone = decode(engine, "beam", examples([1, 1]), beams=2)
+    same = decode(engine, "diverse_beam", asked, 3, beams=2, diversity_penalty=0.0)
+    alone = decode(engine, "beam", asked, 1, beams=2)
     assert same.tokens == [alone.tokens[0]] * 3 + [alone.tokens[1]] * 3
     # A prohibitive penalty makes each group start with tokens no earlier group took.
-    apart = decode(engine, "diverse_beam", rows, beams=2, diversity_penalty=1e3)
+    apart = decode(engine, "diverse_beam", asked, 3, beams=2, diversity_penalty=1e3)
     for run in (range(0, 3), range(3, 6)):
         assert len({traj[0] for traj in apart.tokens[run.start:run.stop]}) == 3
     # The paper's default penalty (1.0) already separates some groups of this toy.
-    default = decode(engine, "diverse_beam", rows, beams=2)
+    default = decode(engine, "diverse_beam", asked, 3, beams=2)
     assert len({tuple(t) for t in default.tokens[:3]}) + len({tuple(t) for t in default.tokens[3:]}) > 2
 
 
 @pytest.mark.parametrize("name", ["greedy", "beam", "diverse_beam", "nucleus", "tempered"])
 def test_every_decoding_keeps_the_tasks_rules_and_counts(policy, name):
     engine = toy_engine(policy)
-    rows = examples([3, 1, 2, 4])
-    traj = decode(engine, name, rows, beams=2, seed=3)
+    rows = repeated(queries(4), 3)
+    traj = decode(engine, name, queries(4), 3, beams=2, seed=3)
     assert len(traj) == len(rows) and traj.example_idx == list(range(len(rows)))
     assert traj.prompt_ids == [engine.prompt_ids(ex) for ex in rows]
     rules = engine.rules
@@ -255,7 +260,7 @@ def test_every_decoding_keeps_the_tasks_rules_and_counts(policy, name):
 def test_beam_search_refuses_a_tool_that_fires(policy):
     engine = toy_engine(policy, with_tool=True)
     with pytest.raises(ValueError, match="method.decoding=diverse_beam cannot decode task 'toy'"):
-        decode(engine, "diverse_beam", examples([2, 2]))
+        decode(engine, "diverse_beam", queries(2), 2)
 
 
 @pytest.mark.parametrize("fields, message", [

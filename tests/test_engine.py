@@ -3,8 +3,11 @@ import pytest
 import torch
 
 from methods.engine.engine import Engine
-from methods.engine.rollout import Trajectories
+from methods.engine.rollout import TokenRules, Trajectories
 from tasks.arithmetic import ArithmeticTask, Config
+from tasks.continuation import ContinuationTask
+from tasks.infilling import InfillingTask
+from tasks.subj import SubjTask
 
 
 @pytest.fixture
@@ -190,10 +193,23 @@ def test_the_tool_is_asked_only_after_tokens_that_can_trigger_it(setup, monkeypa
     fast = engine.sample(examples, [1.5] * 6, torch.Generator().manual_seed(3))
     assert calls and all("=" in text for text in calls)  # asked only after a token holding "="
     n_calls, calls[:] = len(calls), []
-    engine.rules.tool_fires_after = None  # ask after every token: the old, slow behaviour
+    engine.rules.tool_fires_after = frozenset(range(len(engine.rules.allowed)))  # ask after every token
     slow = engine.sample(examples, [1.5] * 6, torch.Generator().manual_seed(3))
     assert len(calls) == sum(slow.n_actions) > n_calls
     assert fast.tokens == slow.tokens and fast.is_action == slow.is_action
+
+
+def test_a_task_without_a_tool_costs_the_sampler_no_decoding(setup, monkeypatch):
+    """Infilling, SUBJ and continuation have no tool (`tool_trigger` None): the sampler never
+    decodes a row to ask one, where it used to decode every row's whole text after every token."""
+    engine, task = setup
+    monkeypatch.setattr(task, "tool_trigger", None)
+    calls = []
+    monkeypatch.setattr(task, "tool", lambda text: calls.append(text))
+    engine.rules = TokenRules.for_task(task, engine.tokenizer, len(engine.rules.allowed))
+    traj = engine.sample(task.train_examples()[:4], [1.5] * 4, torch.Generator().manual_seed(0))
+    assert sum(traj.n_actions) > 4 and calls == []
+    assert all(cls.tool_trigger is None for cls in (InfillingTask, SubjTask, ContinuationTask))
 
 
 @pytest.mark.parametrize("policy_shots,batch_size", [(0, 8), (2, 8), (2, 2)])

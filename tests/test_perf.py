@@ -39,3 +39,45 @@ def test_bad_batch_sizes_exit_2_with_one_line(capsys):
     assert perf.main(["--model", "tiny", "--batch-sizes", "6", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("bench.perf: --batch-sizes '6'")
+
+
+def test_harness_timers_count_the_outermost_call_once_and_restore_what_they_wrap():
+    import time as clock
+
+    from bench.overhead import HarnessTimers
+
+    class Store:
+        def inner(self):
+            clock.sleep(0.02)
+
+        def outer(self):
+            self.inner()
+            clock.sleep(0.02)
+
+    original = Store.outer
+    timers = HarnessTimers()
+    timers.wrap(Store, "outer", "a")
+    timers.wrap(Store, "inner", "b")
+    Store().outer()
+    Store().inner()
+    assert timers.calls == {"a: Store.outer": 1, "b: Store.inner": 1}  # inner inside outer counted for outer only
+    assert timers.seconds["a: Store.outer"] >= 0.04 and 0.02 <= timers.seconds["b: Store.inner"] < 0.04
+    timers.restore()
+    assert Store.outer is original
+
+
+def test_the_overhead_benchmark_times_a_real_sweep_run(tmp_path):
+    """A smoke-scale final in a temporary store: every harness call the run makes is counted (one
+    checkpoint at its last step, one metric batch per step), and nothing stays wrapped."""
+    import mlflow
+
+    from bench import overhead
+    start_run = mlflow.start_run
+    out = tmp_path / "harness.md"
+    assert overhead.main(["sweep=smoke", "method=gfn_tb", "scale=smoke", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| checkpoints: Checkpointer.save | 1 |" in text
+    metric_batches = int(re.search(r"\| mlflow: RunLog.metrics \| (\d+) \|", text).group(1))
+    assert metric_batches >= 3  # at least one per training step
+    assert re.search(r"\*\*harness, in the run\*\* \| \| \*\*[\d.]+\*\* \| \*\*[\d.]+%\*\*", text)
+    assert mlflow.start_run is start_run

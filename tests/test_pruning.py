@@ -25,7 +25,6 @@ from bench.config import ConfigError
 from bench.sweep import plan_sweep, run_sweep
 from methods import METHODS
 from methods.base import TrainContext
-from methods.checkpoint import checkpoint_if_due
 from methods.engine.evaluate import EvalResult
 
 # --- a method whose validation value is a setting: `method.score` -----------------------------
@@ -41,10 +40,7 @@ class Config:
 def train(ctx: TrainContext, cfg: Config) -> None:
     _SCORE["value"] = cfg.score
     for step in range(ctx.train.steps):
-        ctx.log_metrics({"loss": 1.0}, step)
-        if ctx.train.eval_every and (step + 1) % ctx.train.eval_every == 0 and step + 1 < ctx.train.steps:
-            ctx.evaluate(step + 1)
-        checkpoint_if_due(ctx, step, {})
+        ctx.end_step(step, {"loss": 1.0}, {})
 
 
 def scripted_evaluation(engine, splits, **kwargs):

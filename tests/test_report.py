@@ -38,7 +38,7 @@ def add_run(client, experiment_id, tags, metrics, status="FINISHED", records=Non
 def add_parent(client, experiment_id):
     parent = client.create_run(experiment_id, tags={
         "sweep": "demo", "stage": "sweep", "scale": "smoke", "task": "arithmetic", "model": "tiny",
-        "git_sha": "abc123", "git_dirty": "false"}).info.run_id
+        "git_sha": "abc123", "git_dirty": "false", "task_version": "1"}).info.run_id
     client.log_param(parent, "best/gfn_tb/method.lr", 0.001)
     return parent
 
@@ -227,6 +227,7 @@ def test_leaderboard_gives_means_standard_errors_and_bootstrap_intervals_in_md_t
     assert row_of(below, "gfn_tb")[1:] == ["-9.50 ± 1.00", "105 ± 5"]
     assert "## paired comparisons: gfn_tb against each other entry" in md
     assert "- gfn_tb: method.lr = 0.001" in md and parent in md and "abc123" in md and "`tiny`" in md
+    assert "task `arithmetic` version 1, " in md
     assert "[—]" not in md
 
 

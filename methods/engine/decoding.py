@@ -1,16 +1,15 @@
 """Decoding baselines of `method=prompting` (paper section 4.1, notes/paper.md 3.2): greedy, beam
 search, diverse beam search, nucleus and tempered sampling, all from the base LM (adapter off).
 
-`Engine.sample` hands its rows to a `Decoding` when one is set. Evaluation asks for each query n
-times in a row (n = train.eval_samples), so a run of r equal consecutive examples is one query
-asking for r samples, and every decoding returns exactly r rows for it, in the row order asked:
-- greedy: the one greedy sample, r copies (decoded once);
-- nucleus: r samples, each token drawn at temperature 1 from the smallest set of most likely
+Evaluation (methods/engine/evaluate.py) hands its queries and n = train.eval_samples to the
+engine's `Decoding` when one is set, and every decoding returns n rows per query, query by query:
+- greedy: the one greedy sample, n copies (decoded once);
+- nucleus: n samples, each token drawn at temperature 1 from the smallest set of most likely
   tokens that holds `top_p` of the probability (Holtzman et al. 2020);
-- tempered: r samples at `temperature`;
-- beam: the r best of r * beams beams;
-- diverse_beam: r * beam_groups groups of beams / beam_groups beams, each penalized for the tokens
-  that earlier groups chose at the same step (Hamming diversity, Vijayakumar et al. 2016); the r
+- tempered: n samples at `temperature`;
+- beam: the n best of n * beams beams;
+- diverse_beam: n * beam_groups groups of beams / beam_groups beams, each penalized for the tokens
+  that earlier groups chose at the same step (Hamming diversity, Vijayakumar et al. 2016); the n
   best of the groups' best sequences.
 Beams are ranked by their log-probability, without length normalization (the paper's baselines
 use `length_penalty=0`); the diversity penalty only steers which beams a group keeps at each step.
@@ -173,7 +172,7 @@ def beam_search(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: lis
             n_live = len(g.live)
             penalty = diversity_penalty * chosen[g.query] if g.query in chosen else None
             continued = g.advance(logp[row:row + n_live], penalty, terminator)
-            if any(task.tool(tokenizer.decode(b.tokens)) for b in g.live):
+            if any(b.tokens[-1] in rules.tool_fires_after and task.tool(tokenizer.decode(b.tokens)) for b in g.live):
                 raise tool_error(decoding, task)
             if diversity_penalty > 0:
                 picked = torch.tensor([b.tokens[-1] for b in g.live], dtype=torch.long, device=device)
@@ -200,17 +199,7 @@ def beam_search(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: lis
     return [[g.best_ended() for g in groups if g.query == q] for q in range(len(prompt_ids))]
 
 
-# --- what Engine.sample calls -----------------------------------------------------------------------
-
-def query_runs(examples: list[Example]) -> list[range]:
-    """The rows of each query: a run of equal consecutive examples asks for that many samples."""
-    runs, start = [], 0
-    for i in range(1, len(examples) + 1):
-        if i == len(examples) or examples[i] != examples[start]:
-            runs.append(range(start, i))
-            start = i
-    return runs
-
+# --- what evaluation calls --------------------------------------------------------------------------
 
 def uses_tool(task: Task) -> bool:
     """Whether the task's worked demonstrations show tool output (the arithmetic calculator)."""
@@ -261,39 +250,38 @@ class Decoding:
         if self.name in BEAM_DECODINGS and uses_tool(task):
             raise tool_error(self.name, task)
 
-    def __call__(self, engine: "Engine", examples: list[Example], temperatures: list[float],
+    def __call__(self, engine: "Engine", queries: list[Example], samples: int,
                  generator: torch.Generator | None = None) -> Trajectories:
-        """Rows for `examples` like `Engine.sample`; `temperatures` (evaluation's) are not used."""
+        """`samples` rows per query, query by query: row i answers queries[i // samples] (and its
+        example_idx is i, an index into the queries each repeated `samples` times)."""
+        repeated = [ex for ex in queries for _ in range(samples)]
         if self.name == "tempered":
-            return base_sample(engine, examples, [self.temperature] * len(examples), engine.rules, generator)
+            return base_sample(engine, repeated, [self.temperature] * len(repeated), engine.rules, generator)
         if self.name == "nucleus":
-            return base_sample(engine, examples, [1.0] * len(examples), NucleusRules.of(engine.rules, self.top_p), generator)
-        runs = query_runs(examples)
+            return base_sample(engine, repeated, [1.0] * len(repeated), NucleusRules.of(engine.rules, self.top_p), generator)
         if self.name == "greedy":
-            once = base_sample(engine, [examples[run.start] for run in runs], [1.0] * len(runs),
-                               NucleusRules.of(engine.rules, 0.0), generator)
-            traj = once.select([q for q, run in enumerate(runs) for _ in run])
-            traj.example_idx = list(range(len(examples)))
+            once = base_sample(engine, queries, [1.0] * len(queries), NucleusRules.of(engine.rules, 0.0), generator)
+            traj = once.select([q for q in range(len(queries)) for _ in range(samples)])
+            traj.example_idx = list(range(len(repeated)))
             return traj
-        return self.beam_search(engine, examples, runs)
+        return self.beam_search(engine, queries, samples)
 
-    def beam_search(self, engine: "Engine", examples: list[Example], runs: list[range]) -> Trajectories:
+    def beam_search(self, engine: "Engine", queries: list[Example], samples: int) -> Trajectories:
         self.check(engine.task)
         diverse = self.name == "diverse_beam"
-        shapes = [(len(run) * self.beam_groups, self.beams // self.beam_groups) if diverse else (1, len(run) * self.beams)
-                  for run in runs]
+        shape = (samples * self.beam_groups, self.beams // self.beam_groups) if diverse else (1, samples * self.beams)
         # Chunks of queries whose beams fill one forward pass of engine.batch_size rows (one query at least).
-        per_chunk = max(1, engine.batch_size // max(len(run) * self.beams for run in runs)) if runs else 1
+        per_chunk = max(1, engine.batch_size // (samples * self.beams))
         picked: list[Beam] = []
         with engine.policy.base():
-            for start in range(0, len(runs), per_chunk):
-                chunk = runs[start:start + per_chunk]
+            for start in range(0, len(queries), per_chunk):
+                chunk = queries[start:start + per_chunk]
                 found = beam_search(engine.policy.model, engine.tokenizer, engine.task, engine.rules,
-                                    [engine.prompt_ids(examples[run.start]) for run in chunk],
-                                    shapes[start:start + per_chunk], self.diversity_penalty if diverse else 0.0, self.name)
-                for run, groups in zip(chunk, found):
+                                    [engine.prompt_ids(ex) for ex in chunk], [shape] * len(chunk),
+                                    self.diversity_penalty if diverse else 0.0, self.name)
+                for groups in found:
                     best = sorted((g[0] for g in groups), key=lambda b: -b.logp) if diverse else groups[0]
-                    picked += [best[i % len(best)] for i in range(len(run))]
-        return Trajectories(list(range(len(examples))), [engine.prompt_ids(ex) for ex in examples],
+                    picked += [best[i % len(best)] for i in range(samples)]
+        return Trajectories(list(range(len(picked))), [engine.prompt_ids(ex) for ex in queries for _ in range(samples)],
                             [b.tokens for b in picked], [[True] * len(b.tokens) for b in picked],
                             [b.terminated for b in picked], [1.0] * len(picked))

@@ -31,11 +31,11 @@ class Engine:
         # Terminators that are text (the "." of a sentence) belong to the sample's likelihood.
         self.text_terminator_ids = (self.rules.terminators.nonzero().flatten().tolist()
                                     if getattr(task, "terminator_texts", ()) else [])
-        # What `sample` decodes with instead of sampling (method=prompting's baselines, a
-        # methods.engine.decoding.Decoding); None: the engine's own sampler.
+        # How evaluation decodes its n samples per query instead of `sample` (method=prompting's
+        # baselines, a methods.engine.decoding.Decoding); None: the engine's own sampler.
         # The frozen base's KV caches of shared prompt prefixes (the reward's worked examples).
         self.base_prefixes = PrefixCache()
-        self.decode: Callable[[Engine, list[Example], list[float], torch.Generator | None], Trajectories] | None = None
+        self.decode: Callable[[Engine, list[Example], int, torch.Generator | None], Trajectories] | None = None
 
         @lru_cache(maxsize=None)
         def encode(text: str, special: bool) -> tuple[int, ...]:
@@ -114,12 +114,7 @@ class Engine:
     # --- sampling and scoring -------------------------------------------------------------------
     def sample(self, examples: list[Example], temperatures: list[float],
                generator: torch.Generator | None = None) -> Trajectories:
-        """One trajectory per entry of `examples` (repeat an example for several samples).
-
-        With `decode` set, that decoding returns the rows instead, from the base LM.
-        """
-        if self.decode is not None:
-            return self.decode(self, examples, temperatures, generator)
+        """One trajectory per entry of `examples` (repeat an example for several samples)."""
         parts = []
         for rows in self._chunks(len(examples)):
             parts.append(sample(self.policy.model, self.tokenizer, self.task, self.rules,

@@ -71,7 +71,10 @@ def evaluate_splits(engine: Engine, splits: dict[str, list[Example]], *, samples
     queries = [ex for examples in splits.values() for ex in examples]
     repeated = [ex for ex in queries for _ in range(k)]
     generator = torch.Generator(device=engine.policy.device).manual_seed(seed)
-    traj = engine.sample(repeated, [temperature] * len(repeated), generator)
+    if engine.decode is not None:  # a decoding baseline: k rows per query, from the base LM
+        traj = engine.decode(engine, queries, k, generator)
+    else:
+        traj = engine.sample(repeated, [temperature] * len(repeated), generator)
     texts = engine.texts(traj)
     answers = engine.answers(traj, repeated)
     loglik = engine.base_loglik(traj)

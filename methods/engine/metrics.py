@@ -2,7 +2,7 @@
 
 `higher_is_better` follows lm-evaluation-harness: True or False where a metric has a direction,
 None where it has none (a sample length is neither good nor bad by itself). A task's YAML file
-lists the metrics it reports; each must be declared here with the same direction.
+lists the names of the metrics it reports; each is declared here, the one place of its direction.
 
 BLEU-4 and GLEU are NLTK's, on whitespace tokens, as the paper's infilling evaluation computed them.
 """

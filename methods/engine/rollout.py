@@ -30,10 +30,10 @@ class TokenRules:
     terminators: torch.Tensor  # [V] bool: tokens that end a sample
     min_actions: int
     max_actions: int
-    tool_fires_after: frozenset[int] | None = None
+    tool_fires_after: frozenset[int] = frozenset()
     """Tokens after which the task's tool may insert something (their text holds the task's
-    `tool_trigger`); None: the tool is asked after every token. Saves decoding each row's whole
-    text at every step."""
+    `tool_trigger`); empty for a task without a tool. The sampler decodes a row to ask the tool
+    only after these, not after every token."""
 
     @classmethod
     def for_task(cls, task: Task, tokenizer, vocab_size: int) -> "TokenRules":
@@ -66,7 +66,7 @@ class TokenRules:
             terminators[tokenizer.eos_token_id] = True
         allowed |= terminators
         trigger = getattr(task, "tool_trigger", None)
-        fires = None if trigger is None else frozenset(i for i, text in enumerate(texts) if trigger in text)
+        fires = frozenset() if trigger is None else frozenset(i for i, text in enumerate(texts) if trigger in text)
         return cls(allowed, terminators, task.min_actions, task.max_actions, fires)
 
     def logprobs(self, logits: torch.Tensor, n_actions: torch.Tensor, temperature: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -250,8 +250,7 @@ def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[lis
                 tokens[i].append(tok)
                 is_action[i].append(True)
                 n_actions[i] += 1
-                inserted = (task.tool(tokenizer.decode(tokens[i]))
-                            if rules.tool_fires_after is None or tok in rules.tool_fires_after else None)
+                inserted = task.tool(tokenizer.decode(tokens[i])) if tok in rules.tool_fires_after else None
                 if inserted:
                     pending[i] = tokenizer(inserted, add_special_tokens=False).input_ids
             if not pending[i] and n_actions[i] >= rules.max_actions:
