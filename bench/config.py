@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -21,14 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from bench.launch import LAUNCHERS, SlurmConfig, load_profile
 from bench.ranges import Range
 from bench.scales import SCALES
 from methods import METHODS, method_module
-from methods.base import TrainConfig
-from methods.engine.models import DTYPES, PRESETS, ModelConfig
+from methods.engine.model_config import DTYPE_NAMES, PRESETS, ModelConfig, ModelError, check_model_files
+from methods.train_config import TrainConfig
 from tasks import TASKS, task_class
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -341,6 +340,8 @@ def resolve_scale(scale: str) -> str:
     """`auto` -> cpu without a GPU, paper with one."""
     if scale != "auto":
         return scale
+    import torch  # here, not at the top: a mistake on the command line is answered without loading torch
+
     return "paper" if torch.cuda.is_available() else "cpu"
 
 
@@ -349,13 +350,14 @@ def task_method_defaults(cfg: RunConfig) -> dict[str, Any]:
     `method.<field>` keys (a task sets p_replay; ppo has none and skips it). A key that no method
     has is an error, so that a misspelt default does not silently change nothing."""
     defaults = task_class(cfg.task).spec.method_defaults
-    every_field = sorted({f.name for name in METHODS for f in dataclasses.fields(method_module(name).Config)})
-    for key in defaults:
-        if key not in every_field:
-            close = difflib.get_close_matches(key, every_field, n=1, cutoff=0.6)
-            raise ConfigError(f"tasks/{cfg.task}.yaml: method_defaults: unknown key {key!r} (no method has it)"
-                              + (f"; did you mean {close[0]!r}?" if close else ""))
     own = {f.name for f in dataclasses.fields(cfg.method_cfg)}
+    if not set(defaults) <= own:  # only then the other methods' modules are loaded, to look for the key
+        every_field = sorted({f.name for name in METHODS for f in dataclasses.fields(method_module(name).Config)})
+        for key in defaults:
+            if key not in every_field:
+                close = difflib.get_close_matches(key, every_field, n=1, cutoff=0.6)
+                raise ConfigError(f"tasks/{cfg.task}.yaml: method_defaults: unknown key {key!r} (no method has it)"
+                                  + (f"; did you mean {close[0]!r}?" if close else ""))
     return {f"method.{key}": value for key, value in defaults.items() if key in own}
 
 
@@ -397,7 +399,7 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
             except ConfigError as err:
                 raise ConfigError(f"{source}: {err}" if source else str(err)) from None
     check_choice("model preset", cfg.model.preset, list(PRESETS))
-    check_choice("model dtype", cfg.model.dtype, list(DTYPES))
+    check_choice("model dtype", cfg.model.dtype, list(DTYPE_NAMES))
     if cfg.sweep is not None:
         check_choice("sweep", cfg.sweep, sweep_names())
     for key, slot in known.items():  # the defaults too (each override was checked as it was set)
@@ -416,17 +418,29 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
     return cfg
 
 
+def check_folder(key: str, folder: str) -> None:
+    """ConfigError if `folder` cannot be written or made: it, or the nearest of its parents that
+    exists, is a file or is not writable. Creates nothing."""
+    path = Path(folder)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={shown(folder)}: {existing} is a file, not a folder; pass another {key}=")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={shown(folder)}: {existing} is not writable; pass another {key}=")
+
+
 def check_task(cfg: RunConfig) -> None:
-    """Build the task once, so that a bad `task.*` value or a missing data file is reported
-    before a run or a sweep starts writing anything; then let the method refuse settings that
-    cannot work on it (a method module may define `check(cfg, task)`: what one value's range
-    cannot say, such as one setting below another)."""
+    """Look at the model's files and build the task once, so that a missing or malformed model,
+    a bad `task.*` value or a bad data file is reported before a run or a sweep starts writing
+    anything; then let the method refuse settings that cannot work on it (a method module may
+    define `check(cfg, task)`: what one value's range cannot say, such as one setting below another)."""
     try:
+        check_model_files(cfg.model)
         task = task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
         check = getattr(method_module(cfg.method), "check", None)
         if check is not None:
             check(cfg.method_cfg, task)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ModelError) as err:
         raise ConfigError(str(err)) from None
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import optuna
 
-from methods.base import TrainConfig
+from methods.train_config import TrainConfig
 
 # type -> field -> (default, minimum, help). A default of None is filled in from the entry's config.
 FIELDS: dict[str, dict[str, tuple[int | None, int, str]]] = {
@@ -64,7 +64,7 @@ class Pruned(optuna.TrialPruned):
 
 
 def read_spec(read, value: Any) -> PrunerSpec | None:
-    """The `pruner:` entry of a sweep file; `read` is its sweep._Reader (errors name file and key)."""
+    """The `pruner:` entry of a sweep file; `read` is its sweep_file.Reader (errors name file and key)."""
     if value is None or value == "none":
         return None
     if not isinstance(value, dict):

@@ -245,6 +245,13 @@ def write_leaderboard(board: Leaderboard, results_dir: Path, sweep: str) -> Path
     return path
 
 
+def kept_message(results_dir: Path, sweep: str, parent_run_id: str) -> str:
+    """Why no leaderboard was written: one built from no finished final run would replace the last good one."""
+    path = results_dir / sweep / "leaderboard.md"
+    return (f"leaderboard not written: no final run of sweep run {parent_run_id} finished; "
+            + (f"{path} keeps the previous one" if path.exists() else "there is none yet"))
+
+
 COMPARE_COLUMNS = ["entry_a", "entry_b", "split", "metric", "queries", "mean_a", "mean_b", "difference",
                    "ci95_low", "ci95_high", "wins", "ties", "losses", "p_value"]
 
@@ -328,6 +335,9 @@ def main(argv: list[str]) -> int:
             return 0
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not board.runs:
+        print(f"error: {kept_message(Path(cfg.results_dir), sweep, parent_id)}", file=sys.stderr)
         return 1
     path = write_leaderboard(board, Path(cfg.results_dir), sweep)
     print(board.markdown)

@@ -2,23 +2,28 @@
 
 Without `sweep=`, one run trains in this process and prints its metrics. With it, the sweep's
 trials and final runs go through submitit (see bench/sweep.py). Every setting is checked before
-anything is written: a mistake prints one `error: ...` line and exits with status 2.
+anything is written: a mistake prints one `error: ...` line and exits with status 2. A failure a
+user can cause later (a model, data file or store that cannot be used) is one `error: ...` line
+and status 1; Ctrl-C is one line and status 130. Heavy libraries (torch, transformers, MLflow,
+Optuna) are imported only once a run or sweep needs them, so that a mistake is answered at once.
 """
 from __future__ import annotations
 
-import importlib
+import ast
+import importlib.util
 import sys
 
-from bench import sweep as sweeps
-from bench import tracking
-from bench.config import (LAUNCHERS, ConfigError, RunConfig, build_config, check_task, describe,
-                          parse_overrides, slots)
+from bench.config import (LAUNCHERS, ConfigError, RunConfig, build_config, check_choice, check_folder, check_task,
+                          describe, parse_overrides, slots, sweep_names)
 from bench.scales import DESCRIPTIONS as SCALE_DESCRIPTIONS
 from bench.scales import SCALES
-from bench.trial import run_trial
+from bench.sweep_file import sweep_descriptions
 from methods import METHODS
-from methods.engine.models import PRESETS, ModelError
+from methods.engine.model_config import PRESETS, ModelError
 from tasks import TASKS
+from tasks.data import DataError
+
+INTERRUPTED = 130  # the exit status of a process stopped by Ctrl-C (128 + SIGINT)
 
 USAGE = """\
 usage: python -m bench.run [key=value ...]              one run, in this process
@@ -32,7 +37,11 @@ Values: 3, 3e-4, true/false, text, null, [a,b]. `model=tiny` is short for `model
 
 
 def _first_line(module_path: str) -> str:
-    doc = importlib.import_module(module_path).__doc__ or ""
+    """The first line of a module's docstring, read from its source: listing the methods must not
+    import them (and torch with them)."""
+    source = importlib.util.find_spec(module_path).origin
+    with open(source, encoding="utf-8") as file:
+        doc = ast.get_docstring(ast.parse(file.read())) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
@@ -58,7 +67,7 @@ def help_text(cfg: RunConfig) -> str:
     scales = {name: f"{SCALE_DESCRIPTIONS[name]}: " + ", ".join(f"{k}={v}" for k, v in preset.items())
               for name, preset in SCALES.items()} | {"auto": SCALE_DESCRIPTIONS["auto"]}
     lines = [USAGE, ""]
-    lines += _listing("sweeps (sweep=NAME, from sweeps/NAME.yaml):", sweeps.sweep_descriptions())
+    lines += _listing("sweeps (sweep=NAME, from sweeps/NAME.yaml):", sweep_descriptions())
     lines += _listing("methods (method=NAME):",
                       {name: _first_line(path) for name, path in METHODS.items()})
     lines += _listing("tasks (task=NAME):",
@@ -88,6 +97,14 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
     wants_help = any(arg in ("-h", "--help") for arg in argv)
     args = [arg for arg in argv if arg not in ("-h", "--help")]
     try:
@@ -96,21 +113,37 @@ def main(argv: list[str]) -> int:
             print(help_text(build_config([(None, overrides)])))
             return 0
         if "sweep" in overrides:
+            check_choice("sweep", overrides["sweep"], sweep_names())  # before the sweep machinery loads
+            from bench import sweep as sweeps
+
             plan = sweeps.plan_sweep(overrides)
+            check_folder("run_dir", plan.cfg.run_dir)
+            check_folder("results_dir", plan.cfg.results_dir)
         else:
             cfg = build_config([(None, overrides)])
             check_task(cfg)
+            check_folder("run_dir", cfg.run_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    if "sweep" in overrides:
-        return sweeps.run_sweep(plan)
+    from bench import tracking
+
     try:
+        if "sweep" in overrides:
+            return sweeps.run_sweep(plan)
+        from bench.trial import run_trial
+
         metrics = run_trial(cfg, stage="single")
-    except ModelError as err:  # already one actionable line; the run is recorded as FAILED
-        print(f"error: {err}", file=sys.stderr)
+    # Each is one actionable line; a run that had started is recorded as FAILED.
+    except (ModelError, DataError, tracking.StoreError, ConfigError) as err:
+        print(f"error: {ConfigError(str(err))}", file=sys.stderr)  # ConfigError: one line, long words cut
         return 1
+    except KeyboardInterrupt:  # the run has ended its MLflow run KILLED; a sweep has cancelled its workers
+        print("error: interrupted (Ctrl-C); " + ("run the same command again to continue the sweep"
+                                                  if "sweep" in overrides else "the run is recorded as KILLED"),
+              file=sys.stderr)
+        return INTERRUPTED
     print(f"\n{cfg.method} on {cfg.task} (seed {cfg.seed}, scale {cfg.scale}):")
     _print_metrics(metrics)
     print(f"\nruns: {tracking.ui_hint(tracking.tracking_uri(cfg.run_dir))}")

@@ -14,11 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import mlflow
-import optuna
 import psutil
 
-from bench import tracking, worker
 from bench.config import ConfigError, build_config, check_choice, parse_overrides
 
 
@@ -40,10 +37,20 @@ def _job_states(jobs: list[dict]) -> dict[str, str]:
 
 
 def describe(sweep: str, run_dir: Path) -> str:
+    # Imported here, not at the top: a mistake on the command line is answered without them.
+    import mlflow
+    import optuna
+
+    from bench import tracking, worker
+
     folder = run_dir / sweep
     journal = folder / "optuna.journal"
     if not journal.exists():
         raise FileNotFoundError(f"no sweep {sweep!r} in {run_dir} (no {journal}); pass the sweep's run_dir=")
+    try:
+        worker.check_journal(journal)
+    except worker.JournalError as err:
+        raise ConfigError(str(err)) from None
     store = worker.storage(journal)
     lines = [f"sweep {sweep}: {folder}"]
     now = time.time()

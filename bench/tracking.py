@@ -1,7 +1,8 @@
 """Where runs are recorded: MLflow store, experiment, and code provenance.
 
 `MLFLOW_TRACKING_URI` wins when set (a tracking server for cluster sweeps). Otherwise the store is
-`sqlite:///<run_dir>/mlflow.db` with artifacts in `<run_dir>/mlartifacts`. Many processes writing
+`sqlite:///<run_dir>/mlflow.db`. Artifacts follow the store: beside a SQLite file
+(`<its folder>/mlartifacts`), where a server or any other store keeps them. Many processes writing
 one SQLite file can hit "database is locked" and, on a fresh file, race on MLflow's schema
 migration; so the driver calls `ensure_experiment` before it launches any worker.
 """
@@ -11,6 +12,7 @@ import contextlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -36,24 +38,63 @@ def _is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "databricks"))
 
 
+def artifact_root(uri: str) -> Path | None:
+    """Where the experiments of store `uri` keep their artifacts, when we choose: beside a SQLite
+    file (`<folder of mlflow.db>/mlartifacts`; MLflow's default would be ./mlruns of whatever the
+    current directory is). None for a server, which stores them itself, and any other store,
+    which has its own default."""
+    return Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
+
+
+class StoreError(RuntimeError):
+    """The MLflow store cannot be read or written; the message is one line that says what to do."""
+
+
+def check_store(uri: str) -> None:
+    """StoreError unless store `uri` answers now: a SQLite file that opens for reading and writing
+    (MLflow would retry an unopenable one for about 100 s), a server that answers its health check."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=rwc", uri=True, timeout=30)) as con:
+                con.execute("pragma schema_version").fetchone()
+        except (OSError, sqlite3.Error) as err:
+            raise StoreError(f"cannot open the MLflow store {db} for reading and writing "
+                             f"({getattr(err, 'strerror', None) or err}); pass another run_dir= or MLFLOW_TRACKING_URI") from None
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
+                pass
+        except OSError as err:
+            raise StoreError(f"the MLflow server {uri} does not answer ({getattr(err, 'reason', None) or err}); "
+                             "start it, or unset MLFLOW_TRACKING_URI to use a local store") from None
+
+
 def experiment_name(cfg: RunConfig) -> str:
     return cfg.sweep or SINGLE_RUN_EXPERIMENT
 
 
 def ensure_experiment(cfg: RunConfig) -> str:
-    """Point MLflow at the store of `cfg` and return the id of its experiment, creating both."""
+    """Point MLflow at the store of `cfg` and return the id of its experiment, creating both;
+    StoreError when the store cannot be used."""
     uri = tracking_uri(cfg.run_dir)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    check_store(uri)
     mlflow.set_tracking_uri(uri)
     name = experiment_name(cfg)
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    # Without an explicit location a database-backed store puts artifacts in ./mlruns of
-    # whatever the current directory is; a server stores (proxies) artifacts itself.
-    location = None if _is_server(uri) else (Path(cfg.run_dir).resolve() / "mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            root = artifact_root(uri)
+            return mlflow.create_experiment(name, artifact_location=None if root is None else root.as_uri())
+    except mlflow.exceptions.MlflowException as err:
+        raise StoreError(f"MLflow store {uri}: {' '.join(str(err).split())[:300]}") from None
+    if experiment.artifact_location.startswith("mlflow-artifacts:") and not _is_server(uri):
+        # Made through a server that proxied its artifacts (before experiments were made on the
+        # store itself): only a server can reach them.
+        raise StoreError(f"experiment {name!r} of {uri} keeps its artifacts behind an MLflow server "
+                         f"({experiment.artifact_location}); run with mlflow_server=true")
+    return experiment.experiment_id
 
 
 class RunLog:
@@ -122,7 +163,7 @@ def serve(run_dir: str, timeout_s: float = 120.0) -> Iterator[str]:
     for this process and the jobs it starts; the server is stopped (by its PID) on exit."""
     backend = tracking_uri(run_dir)
     if _is_server(backend):
-        raise ValueError(f"mlflow_server=true, but MLFLOW_TRACKING_URI already names a server ({backend}); "
+        raise StoreError(f"mlflow_server=true, but MLFLOW_TRACKING_URI already names a server ({backend}); "
                          "drop one of them")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -130,7 +171,7 @@ def serve(run_dir: str, timeout_s: float = 120.0) -> Iterator[str]:
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1",
-         "--artifacts-destination", (Path(run_dir).resolve() / "mlartifacts").as_uri()],
+         "--artifacts-destination", (artifact_root(backend) or Path(run_dir).resolve() / "mlartifacts").as_uri()],
         stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -141,7 +182,7 @@ def serve(run_dir: str, timeout_s: float = 120.0) -> Iterator[str]:
                     break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the MLflow server did not start; see {log.name}") from None
+                    raise StoreError(f"the MLflow server did not start; see {log.name}") from None
                 time.sleep(0.5)
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         os.environ["MLFLOW_TRACKING_URI"] = uri

@@ -23,7 +23,9 @@ the budget allows.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import shutil
 import socket
 import threading
@@ -50,6 +52,53 @@ class Liveness:
 
 def storage(path: Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+class JournalError(ValueError):
+    """A journal line that is no record; the message is one line that says how to repair it."""
+
+
+def check_journal(path: Path) -> None:
+    """JournalError if a complete line of the journal is not a record (two records merged into one
+    line by an older resume after a cut-off write): Optuna would fail on it with a traceback. The
+    last line, if it has no newline yet, is not read: a writer may be in the middle of it."""
+    if not path.exists():
+        return
+    with open(path, "rb") as journal:
+        for number, line in enumerate(journal, start=1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                json.loads(line)
+            except ValueError:
+                raise JournalError(f"{path}:{number}: not a journal record (a write cut off and then appended "
+                                   f"to?); copy the file aside, delete line {number} and run again") from None
+
+
+def repair_journal(path: Path) -> str | None:
+    """Before a sweep's driver appends to its journal: a last line without its newline is a record
+    cut off mid-write (its process or node died), and appending would merge the next record into
+    it. The journal as it was is copied to `<journal>.<time>.partial`, the cut-off line removed,
+    and the sweep goes on from the complete records. Returns what was done, in one line, or None
+    when the journal was whole. Under Optuna's own lock of the journal, which every writer holds
+    while it writes, so a write in progress is never taken for a cut-off one."""
+    if not path.exists():
+        return None
+    with locked(optuna.storages.journal.JournalFileSymlinkLock(str(path))):
+        data = path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return None
+        whole = data.rfind(b"\n") + 1
+        backup = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.partial")
+        backup.write_bytes(data)
+        with open(path, "r+b") as journal:
+            journal.truncate(whole)
+            journal.flush()
+            os.fsync(journal.fileno())
+    records = data[:whole].count(b"\n")
+    return (f"{path}: its last line was a record cut off mid-write ({len(data) - whole} bytes; a process died "
+            f"while writing it): removed, the journal as it was kept in {backup.name}; continuing from its "
+            f"{records} complete records")
 
 
 def claims_lock(folder: Path) -> optuna.storages.journal.JournalFileOpenLock:

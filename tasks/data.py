@@ -8,17 +8,28 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 class DataError(ValueError):
     """A data file is missing, malformed, or leaves a split empty; one line that says what to do."""
 
 
-def _open_text(path: Path, task: str):
+def _lines(path: Path, task: str) -> Iterator[str]:
+    """The file's lines as text, each decoded on its own: a byte that is not UTF-8 is reported on
+    its own line (a text reader decodes whole blocks and would blame the block's first line)."""
     if not path.is_file():
         raise DataError(f"{task}: data file {path} not found")
-    return path.open(encoding="utf-8", newline="")
+    try:
+        with path.open("rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{task}: {path}:{line_no}: not UTF-8 text (byte {raw[err.start]:#04x} at "
+                                    f"column {err.start + 1}); save the file as UTF-8") from None
+    except OSError as err:
+        raise DataError(f"{task}: cannot read data file {path}: {err.strerror}") from None
 
 
 def read_csv(path: str | Path, columns: tuple[str, ...], task: str) -> list[dict[str, str]]:
@@ -26,36 +37,35 @@ def read_csv(path: str | Path, columns: tuple[str, ...], task: str) -> list[dict
 
     Line numbers are those of the file (a quoted field may span lines: its row's first line)."""
     path = Path(path)
-    with _open_text(path, task) as handle:
-        reader = csv.reader(handle)
+    reader = csv.reader(_lines(path, task))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{task}: {path} is empty; expected a header with {', '.join(columns)}") from None
+    except csv.Error as err:
+        raise DataError(f"{task}: {path}:1: {err}") from None
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"{task}: {path}:1: header lacks column {', '.join(missing)} "
+                        f"(expected {', '.join(columns)})")
+    index = {c: header.index(c) for c in columns}
+    rows = []
+    line = reader.line_num + 1
+    while True:
         try:
-            header = next(reader)
+            values = next(reader)
         except StopIteration:
-            raise DataError(f"{task}: {path} is empty; expected a header with {', '.join(columns)}") from None
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise DataError(f"{task}: {path}:1: {err}") from None
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise DataError(f"{task}: {path}:1: header lacks column {', '.join(missing)} "
-                            f"(expected {', '.join(columns)})")
-        index = {c: header.index(c) for c in columns}
-        rows = []
+            break
+        except csv.Error as err:
+            raise DataError(f"{task}: {path}:{line}: {err}") from None
+        if values:  # a blank line is no row
+            if len(values) != len(header):
+                raise DataError(f"{task}: {path}:{line}: {len(values)} fields, the header has {len(header)}")
+            empty = [c for c in columns if not values[index[c]].strip()]
+            if empty:
+                raise DataError(f"{task}: {path}:{line}: empty {', '.join(empty)}")
+            rows.append({c: values[index[c]].strip() for c in columns})
         line = reader.line_num + 1
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                break
-            except (csv.Error, UnicodeDecodeError) as err:
-                raise DataError(f"{task}: {path}:{line}: {err}") from None
-            if values:  # a blank line is no row
-                if len(values) != len(header):
-                    raise DataError(f"{task}: {path}:{line}: {len(values)} fields, the header has {len(header)}")
-                empty = [c for c in columns if not values[index[c]].strip()]
-                if empty:
-                    raise DataError(f"{task}: {path}:{line}: empty {', '.join(empty)}")
-                rows.append({c: values[index[c]].strip() for c in columns})
-            line = reader.line_num + 1
     return rows
 
 
@@ -65,43 +75,43 @@ def read_jsonl(path: str | Path, keys: dict[str, type], task: str,
     `check` returns why an item is invalid, or None."""
     path = Path(path)
     items = []
-    with _open_text(path, task) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{task}: {path}:{line_no}: invalid JSON: {err.msg}") from None
-            if not isinstance(item, dict):
-                raise DataError(f"{task}: {path}:{line_no}: expected a JSON object")
-            for key, kind in keys.items():
-                if key not in item:
-                    raise DataError(f"{task}: {path}:{line_no}: missing key {key!r}")
-                if type(item[key]) is not kind:
-                    raise DataError(f"{task}: {path}:{line_no}: {key!r} should be {kind.__name__}, "
-                                    f"got {item[key]!r}")
-            why = check(item) if check else None
-            if why:
-                raise DataError(f"{task}: {path}:{line_no}: {why}")
-            items.append(item)
+    for line_no, line in enumerate(_lines(path, task), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{task}: {path}:{line_no}: invalid JSON: {err.msg}") from None
+        if not isinstance(item, dict):
+            raise DataError(f"{task}: {path}:{line_no}: expected a JSON object")
+        for key, kind in keys.items():
+            if key not in item:
+                raise DataError(f"{task}: {path}:{line_no}: missing key {key!r}")
+            if type(item[key]) is not kind:
+                raise DataError(f"{task}: {path}:{line_no}: {key!r} should be {kind.__name__}, "
+                                f"got {_short(item[key])}")
+        why = check(item) if check else None
+        if why:
+            raise DataError(f"{task}: {path}:{line_no}: {why}")
+        items.append(item)
     return items
 
 
 def read_lines(path: str | Path, limit: int, task: str) -> list[str]:
     """The first `limit` non-empty lines of a text file, stripped."""
     path = Path(path)
-    lines, line_no = [], 0
-    with _open_text(path, task) as handle:
-        try:
-            for line_no, line in enumerate(handle, start=1):
-                if line.strip():
-                    lines.append(line.strip())
-                    if len(lines) == limit:
-                        break
-        except UnicodeDecodeError as err:
-            raise DataError(f"{task}: {path}:{line_no + 1}: not UTF-8 text: {err.reason}") from None
+    lines = []
+    for line in _lines(path, task):
+        if line.strip():
+            lines.append(line.strip())
+            if len(lines) == limit:
+                break
     return lines
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def require(split: str, examples: list, task: str, fix: str) -> list:

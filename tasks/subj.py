@@ -94,7 +94,10 @@ def _examples(items: list[dict]) -> list[Example]:
 
 
 def _read(path: Path) -> list[Example]:
-    return _examples(read_jsonl(path, {"text": str, "label": int}, "subj", check=_bad_item))
+    examples = _examples(read_jsonl(path, {"text": str, "label": int}, "subj", check=_bad_item))
+    if not examples:  # named here: the split it leaves empty would not say which file to fill
+        raise DataError(f"subj: {path} has no items; expected one JSON object a line")
+    return examples
 
 
 def _from_folder(folder: Path, n_train: int) -> tuple[list[Example], list[Example], list[Example]]:

@@ -10,7 +10,6 @@ import pytest
 
 import bench.config
 import bench.run
-import bench.sweep
 from bench.config import sweep_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +72,6 @@ def test_a_key_both_fixed_and_searched_is_one_line_exit_2(tmp_path, monkeypatch,
     sweeps.mkdir()
     (sweeps / "conflict.yaml").write_text(CONFLICT)
     monkeypatch.setattr(bench.config, "SWEEPS_DIR", sweeps)
-    monkeypatch.setattr(bench.sweep, "SWEEPS_DIR", sweeps)
     monkeypatch.chdir(tmp_path)
     assert bench.run.main(["sweep=conflict", "run_dir=runs", "results_dir=results"]) == 2
     assert capsys.readouterr().err.splitlines() == [

@@ -183,10 +183,8 @@ def test_sweep_cli_values_are_checked_against_every_method():
 @pytest.fixture
 def sweeps_dir(tmp_path, monkeypatch):
     import bench.config
-    import bench.sweep
 
     monkeypatch.setattr(bench.config, "SWEEPS_DIR", tmp_path)
-    monkeypatch.setattr(bench.sweep, "SWEEPS_DIR", tmp_path)
     return tmp_path
 
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+import transformers
 from peft import PeftModel
 
 from methods.engine import models
@@ -142,8 +143,8 @@ def test_conversion_publishes_atomically_and_keeps_the_winner_of_a_race(monkeypa
                 (dest / "winner").touch()
             (folder / "weights").touch()
 
-    monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", lambda *a, **k: Fake())
-    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Fake())
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Fake())
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Fake())
     assert models._converted(gguf, "p")[0] == dest
     assert [p.name for p in dest.iterdir()] == ["weights"]
     shutil.rmtree(dest)

@@ -51,8 +51,10 @@ def test_smoke_sweep(tmp_path, launcher):
         assert [m.step for m in history] == [0, 1, 2]  # smoke scale: 3 steps
     finals = children[children["tags.stage"] == "final"]
     assert finals["metrics.test_id/accuracy"].notna().all() and finals["metrics.test_ood/accuracy"].notna().all()
-    # Artifacts go next to the store's run folder, not to ./mlruns of the current directory.
-    assert (tmp_path / "runs" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+    # Artifacts follow the store set by MLFLOW_TRACKING_URI (beside its SQLite file), not the
+    # run_dir's default store nor ./mlruns of the current directory.
+    assert (tmp_path / "mlartifacts").is_dir()
+    assert not (tmp_path / "runs" / "mlartifacts").exists() and not (tmp_path / "mlruns").exists()
 
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "smoke" / "optuna.journal")))

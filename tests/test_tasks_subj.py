@@ -177,7 +177,7 @@ def test_malformed_lines_name_file_and_line(tmp_path, bad_line, message):
 
 def test_empty_splits_and_missing_few_shot_files_say_what_to_set(tmp_path):
     write_folder(tmp_path / "subj", test=0)
-    with pytest.raises(DataError, match="the test split is empty"):
+    with pytest.raises(DataError, match=r"subj/test\.jsonl has no items"):  # the file to fill, by name
         SubjTask(Config(n_train=2, n_valid=2), str(tmp_path))
     write_folder(tmp_path / "subj")
     with pytest.raises(DataError, match=r"train\.10\.jsonl not found; .*n_train=10, 20, 50"):

@@ -297,7 +297,6 @@ def test_a_search_space_outside_the_range_is_refused_at_planning(tmp_path, monke
     import bench.sweep
 
     monkeypatch.setattr(bench.config, "SWEEPS_DIR", tmp_path)
-    monkeypatch.setattr(bench.sweep, "SWEEPS_DIR", tmp_path)
     (tmp_path / "t.yaml").write_text(SEARCH_OUTSIDE)
     with pytest.raises(ConfigError, match=r"methods.gfn_tb.search.method.p_replay: method.p_replay: expected in \[0, 1\], got 1.5"):
         bench.sweep.plan_sweep({"sweep": "t"})

@@ -11,9 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-from nltk.translate.gleu_score import sentence_gleu
-
 
 @dataclass(frozen=True)
 class MetricInfo:
@@ -49,18 +46,23 @@ METRICS: dict[str, MetricInfo] = {
 # What a task that declares no metrics reports: everything computed without a reference text.
 FREE_FORM_METRICS = ("accuracy", "loglik_mean", "loglik_max", "distinct_2", "embedding_diversity",
                      "sample_length", "forward_tokens")
-_SMOOTHING = SmoothingFunction().method1
+# NLTK (with scipy, ~1 s) is imported where BLEU and GLEU are computed: reading METRICS, as every
+# sweep file does when it is checked, must not load it.
 
 
 def bleu4(candidate: str, reference: str) -> float:
     """Sentence BLEU-4 of `candidate` against one `reference`, whitespace tokens, with NLTK's
     smoothing method 1 (an n-gram order without matches counts 0.1 / its n-gram total)."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
     words = candidate.split()
-    return float(sentence_bleu([reference.split()], words, smoothing_function=_SMOOTHING)) if words else 0.0
+    return float(sentence_bleu([reference.split()], words, smoothing_function=SmoothingFunction().method1)) if words else 0.0
 
 
 def gleu(candidate: str, reference: str) -> float:
     """Sentence GLEU (NLTK): matching 1- to 4-grams / max(candidate's, reference's n-grams)."""
+    from nltk.translate.gleu_score import sentence_gleu
+
     words = candidate.split()
     return float(sentence_gleu([reference.split()], words)) if words else 0.0
 

