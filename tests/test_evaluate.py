@@ -25,7 +25,10 @@ def trained(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("store")
     with pytest.MonkeyPatch.context() as patch:
+        # Both the variable and MLflow's process-wide URI, which an earlier test's run may have set
+        # (and which MlflowClient() reads before the variable).
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
         cfg = build_config([(None, {**SMALL, "method": "gfn_tb", "run_dir": str(folder)})])
         cfg.sweep = "demo"  # the store's experiment (not a file in sweeps/)
         client = mlflow.MlflowClient()
@@ -41,6 +44,7 @@ def trained(tmp_path_factory):
 def store(trained, monkeypatch):
     folder, run_id, parent, metrics = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
     return folder, run_id, parent, metrics
 
 
