@@ -126,11 +126,7 @@ def read_objects(path: str | Path, task: str) -> list[tuple[int, dict[str, Any]]
     file (one object a line, blank lines skipped), told apart by the first character; the line is
     where the item starts, so that a check of the item can name it as `<file>:<line>`."""
     path = Path(path)
-    with _open_text(path, task) as handle:
-        try:
-            text = handle.read()
-        except UnicodeDecodeError as err:
-            raise DataError(f"{task}: {path}: not UTF-8 text: {err.reason}") from None
+    text = "".join(_lines(path, task))  # a byte that is not UTF-8 is named with its line
     decoder, items = json.JSONDecoder(), []
 
     def line_of(position: int) -> int:

@@ -118,6 +118,15 @@ def test_a_malformed_question_file_is_refused_with_its_line(store, tmp_path, cap
                                   filter_string=f"tags.evaluated_run = '{run_id}' and tags.evaluation = 'bad'")
 
 
+def test_a_question_file_that_is_not_utf8_is_named_with_its_line(store, tmp_path, capsys):
+    folder, run_id, _, _ = store
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"question": "1 + 2", "answer": 3}\n{"question": "caf\xe9", "answer": 1}\n')
+    assert evaluate.main([f"run={run_id}", f"questions={path}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: arithmetic: {path}:2: not UTF-8 text (byte 0xe9 at column 18); save the file as UTF-8"]
+
+
 def test_the_command_line_exits_2_on_a_bad_file_before_loading_anything(store, tmp_path):
     folder, run_id, _, _ = store
     path = tmp_path / "bad.json"
