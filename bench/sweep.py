@@ -36,6 +36,7 @@ from bench.scales import SCALES
 from bench.sweep_file import Reader, SearchParam, SweepSpec, for_scale, load_spec, sweep_wide
 from bench.trial import run_trial
 from methods import method_module
+from tasks.spec import load_spec as load_task_spec
 
 
 def execution_only(key: str) -> bool:
@@ -321,6 +322,7 @@ def _run_sweep(plan: SweepPlan) -> int:
     sha, dirty = tracking.git_sha()
     parent = client.create_run(experiment_id, run_name=f"{spec.name}-{cfg.scale}", tags={
         "sweep": spec.name, "scale": cfg.scale, "stage": "sweep", "task": cfg.task,
+        "task_version": str(load_task_spec(cfg.task).version),
         "model": cfg.model.name or cfg.model.gguf or cfg.model.preset, "launcher": cfg.launcher,
         "git_sha": sha, "git_dirty": str(dirty).lower(),
         "overrides": " ".join(f"{k}={v}" for k, v in plan.overrides.items()),

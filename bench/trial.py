@@ -41,12 +41,12 @@ from bench.pruning import Pruned
 from methods import method_module
 from methods.base import TrainContext
 from methods.checkpoint import Checkpointer
-from methods.engine.engine import Engine
-from methods.engine.evaluate import evaluate_splits
+from methods.engine.evaluate import evaluate_splits, method_engine
 from methods.engine.models import ModelError, load_policy
 from methods.parallel import DataParallel
 from tasks import task_class
 from tasks.base import Example
+from tasks.spec import load_spec
 
 ADAPTER_ARTIFACT = "adapter"  # where a run's trained LoRA adapter is stored among its artifacts
 # Step metrics shown on the progress bar: bar label -> metric a method logs.
@@ -75,6 +75,7 @@ def run_tags(cfg: RunConfig, stage: str, trial_number: int | str | None, entry: 
         "seed": str(cfg.seed), "trial": "" if trial_number is None else str(trial_number),
         "stage": stage, "sweep": cfg.sweep or "", "scale": cfg.scale,
         "git_sha": sha, "git_dirty": str(dirty).lower(), "hostname": socket.gethostname(),
+        "task_version": str(load_spec(cfg.task).version),
     }
 
 
@@ -163,10 +164,9 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
     if parallel.is_main:
         log.tags({f"provenance.{key}": value for key, value in policy.provenance.items()}
                  | ({"provenance.processes": str(parallel.world)} if parallel.world > 1 else {}))
-    engine = Engine(policy, task, cfg.train.batch_size)
-    valid = task.validation_examples()[: cfg.train.eval_prompts]
-
     method = method_module(cfg.method)
+    engine = method_engine(policy, task, cfg.train.batch_size, method, cfg.method_cfg)
+    valid = task.validation_examples()[: cfg.train.eval_prompts]
     spent = {"eval_tokens": 0, "eval_s": 0.0}  # what evaluations cost, kept apart from training
 
     def run_eval(splits: dict[str, list[Example]], step: int, records: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:

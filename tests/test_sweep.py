@@ -41,6 +41,7 @@ def test_smoke_sweep(tmp_path, launcher):
 
     parents = runs_of(uri, "smoke", "tags.stage = 'sweep'")
     assert len(parents) == 1 and parents.loc[0, "status"] == "FINISHED"
+    assert parents.loc[0, "tags.task_version"] == "1"  # the leaderboard's provenance prints it
     parent = parents.loc[0, "run_id"]
     children = runs_of(uri, "smoke", f"tags.`mlflow.parentRunId` = '{parent}'")
     assert len(children) >= 4 and set(children["status"]) == {"FINISHED"}
