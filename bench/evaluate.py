@@ -25,7 +25,8 @@ from mlflow.exceptions import MlflowException
 
 from bench import tracking
 from bench.config import ConfigError, RunConfig, build_config, check_task, flatten, parse_overrides
-from bench.trial import _weighted_means, adapter_folder, run_tags, seed_everything
+from bench.training import _weighted_means, adapter_folder, seed_everything
+from bench.trial import run_tags
 from methods import method_module
 from methods.base import TrainContext
 from methods.engine.engine import Engine
@@ -74,7 +75,7 @@ def run_config(run: mlflow.entities.Run, overrides: dict[str, str], run_dir: str
 
 def evaluation_splits(cfg: RunConfig, task, questions: list[Example] | None, name: str) -> tuple[dict[str, list[Example]], list[EvalSplit]]:
     """(every split evaluated, in sampling order; the test splits among them). The task's splits
-    are those of bench/trial.py's final evaluation, in its order and sizes: sampling draws from one
+    are those of bench/training.py's final evaluation, in its order and sizes: sampling draws from one
     stream over all of them, so the same splits with the same seed give the same samples."""
     if questions is not None:
         split = EvalSplit(name, questions[: cfg.train.eval_prompts], in_distribution=False)

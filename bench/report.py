@@ -7,7 +7,7 @@ tables), `leaderboard.csv` (tidy: one row per entry × split × metric) and its 
 query on every test split.
 
 Each test split the task declares (tags `test_splits`, `test_splits_ood` and metrics
-`<split>/<metric>` of bench/trial.py) is a column: the mean over seeds ± the standard error over
+`<split>/<metric>` of bench/training.py) is a column: the mean over seeds ± the standard error over
 seeds and a 95 % bootstrap interval over the test queries, from the per-query records
 `eval/<split>.jsonl`. Runs recorded before those existed still report, with `[—]` for the interval.
 """

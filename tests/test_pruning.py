@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 import bench.config
 import bench.run
 import bench.sweep
-import bench.trial
+import bench.training
 from bench.config import ConfigError
 from bench.sweep import plan_sweep, run_sweep
 from methods import METHODS
@@ -71,7 +71,7 @@ def sweeps(tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "scored", __name__)
     monkeypatch.setattr(bench.config, "SWEEPS_DIR", tmp_path)
     monkeypatch.setattr(bench.sweep, "SWEEPS_DIR", tmp_path)
-    monkeypatch.setattr(bench.trial, "evaluate_splits", scripted_evaluation)
+    monkeypatch.setattr(bench.training, "evaluate_splits", scripted_evaluation)
     monkeypatch.setattr(pdb, "post_mortem", lambda *args: None)  # the debug launcher opens pdb on errors
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
     (tmp_path / "prune.yaml").write_text(SWEEP)
