@@ -31,8 +31,8 @@ import torch
 from tqdm import tqdm
 
 from bench import tracking
-from bench.config import RunConfig
 from bench.interrupt import StopRequest
+from bench.run_config import RunConfig
 from methods import method_module
 from methods.base import TrainContext
 from methods.checkpoint import Checkpointer

@@ -14,10 +14,11 @@ from typing import Callable
 import mlflow
 
 from bench import tracking
-from bench.config import RunConfig, flatten
+from bench.config import flatten
 from bench.interrupt import Interrupted, StoppingCheckpointer
 from bench.parallel import train_in_processes
 from bench.pruning import Pruned
+from bench.run_config import RunConfig
 from bench.training import train_and_evaluate
 from methods import method_module
 from tasks.spec import load_spec

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import torch
 
-from bench.sweep import plan_sweep
+from bench.sweep_plan import plan_sweep
 from methods import METHODS, best_of_n, prompting, sft
 from methods.base import TrainConfig, TrainContext
 from methods.engine.engine import Engine

@@ -21,8 +21,9 @@ import bench.config
 import bench.run
 import bench.sweep
 import bench.training
-from bench.config import ConfigError
-from bench.sweep import plan_sweep, run_sweep
+from bench.sweep import run_sweep
+from bench.sweep_plan import plan_sweep
+from bench.values import ConfigError
 from methods import METHODS
 from methods.base import TrainContext
 from methods.engine.evaluate import EvalResult

@@ -16,8 +16,9 @@ from optuna.trial import TrialState
 
 import bench.config
 import bench.sweep
-from bench.config import ConfigError
-from bench.sweep import plan_sweep, run_sweep
+from bench.sweep import run_sweep
+from bench.sweep_plan import plan_sweep
+from bench.values import ConfigError
 from methods import METHODS
 from methods.base import TrainContext
 from tests.test_faults import needs_slurm
