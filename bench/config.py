@@ -1,24 +1,21 @@
-"""The run configuration and its `key=value` overrides (Hydra-style, without Hydra).
+"""The `key=value` engine: a RunConfig's key space, layers of overrides applied in order, checks and help.
 
-A run is described by `RunConfig`: the dataclass defaults, then layers of overrides applied in
-order (the task's `method_defaults` from tasks/<task>.yaml < scale preset < sweep YAML < command
-line < Optuna suggestions; see `build_config`). Keys are
-dotted paths (`train.steps`, `model.lora.r`); `task.*` and `method.*` address the Config dataclass
-of the selected task and method. Values are parsed by the field's type (numbers from ASCII digits
-only), a numeric value must lie in the range its field declares (`metadata={"range": "[1, inf)"}`,
-see methods/base.py), and every mistake is a `ConfigError` whose message is one line naming the
-key, with long values shortened.
+A run is described by `RunConfig` (bench/run_config.py): the dataclass defaults, then layers of
+overrides applied in order (the task's `method_defaults` from tasks/<task>.yaml < scale preset <
+sweep YAML < command line < Optuna suggestions; see `build_config`). Keys are dotted paths
+(`train.steps`, `model.lora.r`); `task.*` and `method.*` address the Config dataclass of the
+selected task and method. Values are parsed by the field's type (numbers from ASCII digits only)
+and a numeric value must lie in the range its field declares (`metadata={"range": "[1, inf)"}`,
+see methods/base.py; both in bench/values.py); every mistake is a `ConfigError` whose message is
+one line naming the key, with long values shortened.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
-import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,227 +23,12 @@ from bench.launch import LAUNCHERS, SlurmConfig, load_profile
 from bench.ranges import Range
 from bench.scales import SCALES
 from methods import METHODS, method_module
-from methods.engine.model_config import DTYPE_NAMES, PRESETS, ModelConfig, ModelError, check_model_files
-from methods.train_config import TrainConfig
+from bench.run_config import REPO_ROOT, RunConfig
+from bench.values import SHOWN, ConfigError, check_range, convert, optional_inner, shown, type_name
+from methods.engine.model_config import DTYPE_NAMES, PRESETS, ModelError, check_model_files
 from tasks import TASKS, task_class
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_DIR = REPO_ROOT / "sweeps"
-
-
-SHOWN = 60
-"""Characters of a value that an error message shows; a longer one is cut, with '...'."""
-LONGEST_WORD = 200
-"""A ConfigError cuts any run of non-space characters longer than this (a value echoed by a task's
-own check, say), so that a message stays one readable line whoever wrote it."""
-
-
-def shown(value: Any) -> str:
-    """repr(value) for an error message, cut to SHOWN characters."""
-    text = repr(value)
-    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
-
-
-def _cut(word: re.Match) -> str:
-    return word[0][:LONGEST_WORD - 3] + "..."
-
-
-class ConfigError(ValueError):
-    """A bad setting; the message is one line that names the key or file."""
-
-    def __init__(self, message: str):
-        one_line = re.sub(r"\s*\n\s*", " ", str(message))
-        super().__init__(re.sub(rf"\S{{{LONGEST_WORD + 1},}}", _cut, one_line))
-
-
-@dataclass
-class TrainerConfig:
-    """How one run trains (`trainer.<field>=...`); see bench/parallel.py."""
-
-    num_processes: int = field(default=1, metadata={"range": "[1, inf)",
-        "help": "processes that train one run together through accelerate (data parallel, one node): one "
-                "per GPU, or each on a share of the CPU cores; each takes train.batch_prompts / num_processes "
-                "of every step's queries and their gradients are averaged. Methods that train nothing use one"})
-
-
-def _default_data_dir() -> str | None:
-    shared = REPO_ROOT.parent / "shared" / "data"
-    return str(shared) if shared.is_dir() else None
-
-
-def _no_config() -> Any:
-    return None  # filled in by RunConfig.__post_init__ from the selected task or method
-
-
-@dataclass
-class RunConfig:
-    """One training run (`key=value` on the command line)."""
-
-    task: str = field(default="arithmetic", metadata={
-        "help": "task to learn; its options are `task.<field>=...`"})
-    method: str = field(default="gfn_tb", metadata={
-        "help": "fine-tuning method; its options are `method.<field>=...`"})
-    model: ModelConfig = field(default_factory=ModelConfig, metadata={
-        "help": "policy LM, whose frozen base is also the reward LM (`model=tiny` picks a preset)"})
-    seed: int = field(default=0, metadata={"range": "[0, 4294967295]", "help": "seed of python, numpy and torch for the run"})
-    scale: str = field(default="auto", metadata={
-        "help": "budget preset: smoke | cpu | paper | auto (cpu without a GPU, paper with one)"})
-    launcher: str = field(default="local", metadata={
-        "help": "how a sweep runs its trials: " + " | ".join(LAUNCHERS)})
-    max_parallel: int = field(default=1, metadata={"range": "[1, inf)",
-        "help": "trials of a sweep that run at once (each loads its own model)"})
-    threads: int = field(default=0, metadata={"range": "[0, inf)",
-        "help": "torch CPU threads per run; 0: all cores for a single run, cores / max_parallel for sweep runs "
-                "(threads of one run waiting on each other slow small models many times on a busy machine)"})
-    trial_timeout_min: int = field(default=24 * 60, metadata={"range": "[1, inf)",
-        "help": "time limit of each local sweep job, in minutes (submitit's local default is 2; "
-                "SLURM jobs take slurm.time_min)"})
-    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={
-        "help": "SLURM job settings for launcher=slurm (`slurm=<profile>` picks slurm/<profile>.yaml)"})
-    heartbeat_s: float = field(default=30.0, metadata={"range": "(0, inf)",
-        "help": "seconds between a sweep worker's heartbeats for its running trial"})
-    stale_after_s: float = field(default=300.0, metadata={"range": "(0, inf)",
-        "help": "a running trial without a heartbeat for this long is taken for dead and retried "
-                "from its last checkpoint"})
-    mlflow_server: bool = field(default=False, metadata={
-        "help": "serve the MLflow store over HTTP on 127.0.0.1 for the sweep's workers (many local "
-                "workers writing one SQLite file directly can hit 'database is locked')"})
-    system_metrics: bool = field(default=True, metadata={
-        "help": "log CPU, memory (and GPU) use of every run as MLflow system metrics"})
-    resume: bool = field(default=False, metadata={
-        "help": "require an unfinished sweep to continue (a sweep always continues its studies; "
-                "with resume=true, finding none is an error)"})
-    sweep: str | None = field(default=None, metadata={
-        "help": "run the sweep sweeps/<name>.yaml instead of a single run"})
-    data_dir: str | None = field(default_factory=_default_data_dir, metadata={
-        "help": "folder of task data files (default: ../shared/data next to the repo, if it exists)"})
-    run_dir: str = field(default="runs", metadata={
-        "help": "folder for Optuna studies, submitit logs and the default MLflow store"})
-    results_dir: str = field(default="results", metadata={
-        "help": "folder where sweeps write results/<sweep>/leaderboard.md"})
-    train: TrainConfig = field(default_factory=TrainConfig, metadata={
-        "help": "training budget and evaluation protocol, shared by all methods"})
-    trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={
-        "help": "processes that train each run"})
-    task_cfg: Any = field(default_factory=_no_config, metadata={
-        "help": "the selected task's Config (set through `task.<field>=...`)", "group": "task"})
-    method_cfg: Any = field(default_factory=_no_config, metadata={
-        "help": "the selected method's Config (set through `method.<field>=...`)", "group": "method"})
-
-    def __post_init__(self) -> None:
-        if self.task_cfg is None:
-            self.task_cfg = task_class(self.task).Config()
-        if self.method_cfg is None:
-            self.method_cfg = method_module(self.method).Config()
-
-
-# --- types ----------------------------------------------------------------------------------
-
-
-def _optional_inner(tp: Any) -> Any | None:
-    """X for `X | None` (or Optional[X]); None for any other type."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0]
-    return None
-
-
-def type_name(tp: Any) -> str:
-    inner = _optional_inner(tp)
-    if inner is not None:
-        return f"{type_name(inner)} or null"
-    if typing.get_origin(tp) is list:
-        (item,) = typing.get_args(tp) or (str,)
-        return f"list of {type_name(item)}"
-    if typing.get_origin(tp) is typing.Literal:
-        return " | ".join(map(str, typing.get_args(tp)))
-    return getattr(tp, "__name__", str(tp))
-
-
-_INT = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
-_FLOAT = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
-
-
-def _parse_text(text: str, tp: Any) -> Any:
-    """A command-line string as a value of type `tp`; ValueError if it is not one."""
-    inner = _optional_inner(tp)
-    if inner is not None:
-        return None if text in ("null", "None", "~") else _parse_text(text, inner)
-    if typing.get_origin(tp) is list:
-        (item,) = typing.get_args(tp) or (str,)
-        body = text.strip()
-        if not (body.startswith("[") and body.endswith("]")):
-            raise ValueError
-        parts = [p.strip() for p in body[1:-1].split(",")]
-        return [] if parts == [""] else [_parse_text(p, item) for p in parts]
-    if typing.get_origin(tp) is typing.Literal:
-        choices = {str(c): c for c in typing.get_args(tp)}
-        return choices[text]
-    if tp is bool:
-        lowered = text.lower()
-        if lowered not in ("true", "false"):
-            raise ValueError
-        return lowered == "true"
-    if tp is int:  # int() and float() also take '٣', '1_000' and 'inf'; a setting takes ASCII digits
-        if not _INT.fullmatch(text):
-            raise ValueError
-        return int(text)
-    if tp is float:
-        if not _FLOAT.fullmatch(text):
-            raise ValueError
-        return float(text)
-    if tp is str:
-        # Quotes let a value keep a leading/trailing space or look like null: name='null'.
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-            return text[1:-1]
-        return text
-    raise TypeError(f"unsupported field type {tp!r}")
-
-
-def _check_value(value: Any, tp: Any) -> Any:
-    """A YAML or Python value checked (and, for int -> float, converted) against `tp`."""
-    if isinstance(value, str) and tp is not str:
-        # PyYAML reads `1e-4` (no dot) as a string, so strings get the command-line parser.
-        return _parse_text(value, tp)
-    inner = _optional_inner(tp)
-    if inner is not None:
-        return None if value is None else _check_value(value, inner)
-    if typing.get_origin(tp) is list:
-        (item,) = typing.get_args(tp) or (str,)
-        if not isinstance(value, (list, tuple)):
-            raise ValueError
-        return [_check_value(v, item) for v in value]
-    if typing.get_origin(tp) is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ValueError
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and type(value) is tp:
-        return value
-    raise ValueError
-
-
-def convert(key: str, value: Any, tp: Any) -> Any:
-    try:
-        return _check_value(value, tp)
-    except (ValueError, KeyError):
-        raise ConfigError(f"{key}: expected {type_name(tp)}, got {shown(value)}") from None
-
-
-# --- ranges -----------------------------------------------------------------------------------
-
-def check_range(key: str, value: Any, rng: Range | None) -> None:
-    """ConfigError unless `value` (a number, a list of numbers, or None) lies in `rng`."""
-    if rng is None or value is None:
-        return
-    for item in value if isinstance(value, list) else [value]:
-        if isinstance(item, float) and not math.isfinite(item):
-            what = "a finite number" + ("" if rng.describe() == "any number" else f" {rng.describe()}")
-            raise ConfigError(f"{key}: expected {what}, got {item}")
-        if not rng.contains(item):
-            raise ConfigError(f"{key}: expected {rng.describe()}, got {shown(item)}")
 
 
 # --- the key space ----------------------------------------------------------------------------
@@ -464,7 +246,7 @@ def _type_and_range(slot: Slot) -> str:
     symbol = slot.range.symbol() if slot.range is not None else ""
     if not symbol:
         return type_name(slot.type)
-    inner = _optional_inner(slot.type)
+    inner = optional_inner(slot.type)
     return f"{type_name(inner)} {symbol} or null" if inner is not None else f"{type_name(slot.type)} {symbol}"
 
 

@@ -24,12 +24,15 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from bench import tracking
-from bench.config import ConfigError, RunConfig, build_config, check_task, flatten, parse_overrides
-from bench.trial import _weighted_means, adapter_folder, run_tags, seed_everything
+from bench.config import build_config, check_task, flatten, parse_overrides
+from bench.run_config import RunConfig
+from bench.training import _weighted_means, adapter_folder, seed_everything
+from bench.trial import run_tags
+from bench.values import ConfigError
 from methods import method_module
 from methods.base import TrainContext
 from methods.engine.engine import Engine
-from methods.engine.evaluate import evaluate_splits
+from methods.engine.evaluate import evaluate_splits, method_engine
 from methods.engine.models import ModelError, load_policy
 from tasks import task_class
 from tasks.base import Example, EvalSplit
@@ -74,7 +77,7 @@ def run_config(run: mlflow.entities.Run, overrides: dict[str, str], run_dir: str
 
 def evaluation_splits(cfg: RunConfig, task, questions: list[Example] | None, name: str) -> tuple[dict[str, list[Example]], list[EvalSplit]]:
     """(every split evaluated, in sampling order; the test splits among them). The task's splits
-    are those of bench/trial.py's final evaluation, in its order and sizes: sampling draws from one
+    are those of bench/training.py's final evaluation, in its order and sizes: sampling draws from one
     stream over all of them, so the same splits with the same seed give the same samples."""
     if questions is not None:
         split = EvalSplit(name, questions[: cfg.train.eval_prompts], in_distribution=False)
@@ -84,7 +87,8 @@ def evaluation_splits(cfg: RunConfig, task, questions: list[Example] | None, nam
 
 
 def set_up_policy(cfg: RunConfig, run_id: str, engine: Engine) -> None:
-    """The trained adapter of run `run_id`; a method that trains nothing is set up again instead."""
+    """The trained adapter of run `run_id`; a method that trains nothing is set up again instead
+    (best-of-N loads the policy it samples from)."""
     method = method_module(cfg.method)
     if getattr(method, "TRAINS", True):
         engine.policy.load_adapter_weights(adapter_folder(run_id))
@@ -102,7 +106,8 @@ def evaluate_run(client: mlflow.MlflowClient, run_id: str, cfg: RunConfig, quest
     seed_everything(cfg.seed)
     task = task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
     policy = load_policy(cfg.model, cfg.seed)
-    engine = Engine(policy, task, cfg.train.batch_size)
+    # The evaluated engine as the run's own: prompting's prompts and decoding (method_engine).
+    engine = method_engine(policy, task, cfg.train.batch_size, method_module(cfg.method), cfg.method_cfg)
     set_up_policy(cfg, run_id, engine)
     splits, tests = evaluation_splits(cfg, task, questions, name)
     started = time.monotonic()

@@ -23,7 +23,7 @@ from bench.curves import bands, draw_curves, metric_histories
 from bench.finals import FORMATS, display
 
 FIGURES_ARTIFACT = "figures"  # where the parent run keeps them
-COMPUTE = "total_forward_tokens"  # the cost axis (bench/trial.py)
+COMPUTE = "total_forward_tokens"  # the cost axis (bench/training.py)
 
 
 @dataclass

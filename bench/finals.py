@@ -2,7 +2,7 @@
 
 A final run (tags `stage=final`, child of the sweep's parent run) belongs to an entry, the
 leaderboard's row. Its test splits are the columns, as the task declared them (tags `test_splits`
-and `test_splits_ood` of bench/trial.py; for older runs, every `<split>/<metric>` prefix), plus
+and `test_splits_ood` of bench/training.py; for older runs, every `<split>/<metric>` prefix), plus
 the pooled in- and out-of-distribution means (`test_id`, `test_ood`). `summary` turns them into
 one row per entry × split × metric: the mean over seeds, its standard error over seeds and a
 bootstrap interval over the test queries from the runs' per-query records `eval/<split>.jsonl`
@@ -47,7 +47,7 @@ RUN_METRICS = {"wall_time_s": ("wall time (s)", 1.0, 0), "train_time_s": ("train
                "eval_forward_tokens": ("evaluation forward tokens", 1.0, 0),
                "train_device_s": ("training device-s", 1.0, 0), "eval_device_s": ("evaluation device-s", 1.0, 0)}
 _LOWER_IS_BETTER = set(RUN_METRICS)  # metrics outside METRICS that have a direction
-POOLED = {"test_id": "ID", "test_ood": "OOD"}  # size-weighted means over splits (bench/trial.py)
+POOLED = {"test_id": "ID", "test_ood": "OOD"}  # size-weighted means over splits (bench/training.py)
 RECORD_FIELD = {"accuracy": "correct"}  # a metric's per-query field in eval/<split>.jsonl, where not its name
 CSV_COLUMNS = ["entry", "split", "in_distribution", "metric", "higher_is_better", "seeds", "queries",
                "mean", "se", "ci95_low", "ci95_high"]
@@ -116,7 +116,7 @@ def _records(client: mlflow.MlflowClient, run_id: str) -> dict[str, list[dict]]:
 
 
 def splits_of(runs: list[FinalRun], tags: list[dict[str, str]]) -> list[Split]:
-    """The test splits as the runs' task declared them (tags of bench/trial.py), then the pooled
+    """The test splits as the runs' task declared them (tags of bench/training.py), then the pooled
     ID and OOD means; for runs without the tags, every `<split>/...` metric prefix."""
     declared = next((t for t in tags if t.get("test_splits")), None)
     logged = {key.split("/")[0] for run in runs for key in run.metrics if "/" in key}

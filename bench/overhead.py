@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from bench.config import REPO_ROOT
+from bench.run_config import REPO_ROOT
 
 TARGET = 0.03  # issue 11: harness overhead below 3 % of a trial's wall time
 
@@ -94,13 +94,13 @@ def install(timers: HarnessTimers) -> None:
 
 def measure_run(overrides: dict[str, str], folder: Path) -> tuple[float, HarnessTimers, str]:
     """(wall seconds of one final run, its harness timers, a description of the run)."""
-    from bench.sweep import plan_sweep
+    from bench.sweep_plan import plan_sweep
     from bench.trial import run_trial
 
     overrides = overrides | {"run_dir": str(folder / "runs")}
     # The sweep's driver creates the store and its experiment before any job starts; a job's
     # process then only opens it. Create it the same way, in another process.
-    code = ("import json, sys; from bench import tracking; from bench.sweep import plan_sweep; "
+    code = ("import json, sys; from bench import tracking; from bench.sweep_plan import plan_sweep; "
             "tracking.ensure_experiment(plan_sweep(json.loads(sys.argv[1])).cfg)")
     subprocess.run([sys.executable, "-c", code, json.dumps(overrides)], check=True, cwd=REPO_ROOT)
     plan = plan_sweep(overrides)

@@ -20,10 +20,11 @@ from pathlib import Path
 import mlflow
 
 from bench import stats, tables, tracking
-from bench.config import ConfigError, build_config, check_choice, parse_overrides
+from bench.config import build_config, check_choice, parse_overrides
 from bench.figures import final_runs, save, tradeoff_figure
 from bench.finals import FinalRun, Split, display, higher_is_better, query_values, read_finals, summary
 from bench.tables import Stat, Table
+from bench.values import ConfigError
 
 NOTES = "../shared/notes/paper.md"
 

@@ -3,7 +3,7 @@
 The trial's process keeps its MLflow run and starts N rank processes (`python -m bench.parallel`),
 each with the environment `accelerate launch` would give it (RANK, WORLD_SIZE, MASTER_ADDR, ...).
 In each, accelerate's `PartialState` joins the process group (NCCL on GPUs, one GPU per process;
-gloo on CPUs, each process on a share of the cores) and `bench.trial.train_and_evaluate` runs with
+gloo on CPUs, each process on a share of the cores) and `bench.training.train_and_evaluate` runs with
 a `DataParallel` of it: each process trains on `train.batch_prompts / N` queries per step and the
 gradients are averaged (methods/parallel.py). Process 0 logs into the trial's run (by its id),
 evaluates and saves the adapter, and hands its metrics back in a file.
@@ -38,6 +38,7 @@ import torch
 
 from bench import tracking
 from bench.interrupt import REQUEUE, TERMINATE, Interrupted, StopRequest, StoppingCheckpointer
+from bench.training import train_and_evaluate
 from methods.checkpoint import Checkpointer
 from methods.engine.models import ModelError
 from methods.parallel import DataParallel
@@ -181,8 +182,6 @@ def _rank_main(job_file: Path) -> int:
     state = None
     try:
         from accelerate import PartialState
-
-        from bench.trial import train_and_evaluate
 
         cfg = job.cfg
         on_cpu = not (torch.cuda.is_available() and cfg.model.device in ("auto", "cuda"))

@@ -7,51 +7,30 @@ tables), `leaderboard.csv` (tidy: one row per entry × split × metric) and its 
 query on every test split.
 
 Each test split the task declares (tags `test_splits`, `test_splits_ood` and metrics
-`<split>/<metric>` of bench/trial.py) is a column: the mean over seeds ± the standard error over
+`<split>/<metric>` of bench/training.py) is a column: the mean over seeds ± the standard error over
 seeds and a 95 % bootstrap interval over the test queries, from the per-query records
 `eval/<split>.jsonl`. Runs recorded before those existed still report, with `[—]` for the interval.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import mlflow
 
 from bench import stats, tables, tracking
-from bench.config import ConfigError, build_config, check_choice, parse_overrides
+from bench.compare import compare, comparisons
+from bench.config import build_config, check_choice, parse_overrides
 from bench.figures import write_figures
-from bench.finals import (CSV_COLUMNS, FORMATS, POOLED, FinalRun, Split, display, higher_is_better, query_values,
-                          read_finals, summary)
+from bench.finals import CSV_COLUMNS, FORMATS, POOLED, display, higher_is_better, read_finals, summary
+from bench.leaderboard import Leaderboard, ReportError, arrow, headline_metric
 from bench.tables import Stat, Table
+from bench.values import ConfigError
 
 SHOWN_RUN_METRICS = ("wall_time_s", "total_forward_tokens", "train_device_s")  # run metrics of the other-metrics table
 NO_RECORDS = ("[—]: no per-query results (`eval/<split>.jsonl`; runs recorded before they existed), "
               "so no interval.")
-
-
-def arrow(metric: str) -> str:
-    return {True: " ↑", False: " ↓", None: ""}[higher_is_better(metric)]
-
-
-@dataclass
-class Leaderboard:
-    sweep: str
-    parent_run_id: str
-    cells: dict[str, dict[str, list[float]]]  # entry -> metric -> one value per seed (and "seeds")
-    markdown: str
-    latex: str = ""
-    csv: str = ""
-    runs: dict[str, list[FinalRun]] = field(default_factory=dict)  # entry -> its finals, by seed
-    splits: list[Split] = field(default_factory=list)
-    summary: list[dict] = field(default_factory=list)  # the CSV's rows
-    trials: dict[str, str] = field(default_factory=dict)  # entry -> how its tuning trials ended (`trials/<entry>`)
-
-
-class ReportError(RuntimeError):
-    """Nothing to report; the message says what is missing."""
 
 
 def latest_parent_run(client: mlflow.MlflowClient, experiment_id: str, sweep: str) -> str:
@@ -74,21 +53,9 @@ def _stat(by_key: dict, key: tuple[str, str, str], with_interval: bool) -> Stat:
                 expects_interval=with_interval)
 
 
-def _headline(board: Leaderboard) -> str | None:
-    """The metric of the headline table and of comparisons: the first of FORMATS the runs have per split."""
-    metrics = {r["metric"] for r in board.summary if r["split"]}
-    return next((m for m in FORMATS if m in metrics), None)
-
-
-def _ranking_split(board: Leaderboard) -> Split | None:
-    """The column that names the top entry: the pooled ID queries when shown, else the first split."""
-    shown = [s for s in board.splits if s.shown]
-    return next((s for s in shown if s.name == "test_id"), shown[0] if shown else None)
-
-
 def _tables(board: Leaderboard) -> list[Table]:
     by_key = {(r["entry"], r["split"], r["metric"]): r for r in board.summary}
-    entries, shown, headline = sorted(board.runs), [s for s in board.splits if s.shown], _headline(board)
+    entries, shown, headline = sorted(board.runs), [s for s in board.splits if s.shown], headline_metric(board)
     out = []
     if headline:
         counted = [s for s in shown if s.name not in POOLED] or shown
@@ -130,48 +97,6 @@ def _tables(board: Leaderboard) -> list[Table]:
     return out
 
 
-def _p(value: float) -> str:
-    return f"{value:.2g}"
-
-
-def _difference(result: stats.Paired | None, metric: str) -> str:
-    """`+12.5 [3.1, 21.9]` in display units; — without a comparison."""
-    if result is None:
-        return "—"
-    _, scale, digits = display(metric)
-    mean, _, interval = Stat(result.difference, None, result.interval, scale, digits, signed=True).parts()
-    return mean + interval
-
-
-def _comparisons(board: Leaderboard, metric: str) -> Table | None:
-    """The top entry (best mean of the ranking column) against each other entry, per shown split;
-    None without two entries or without per-query results."""
-    ranking, shown = _ranking_split(board), [s for s in board.splits if s.shown]
-    means = {r["entry"]: r["mean"] for r in board.summary
-             if ranking and r["split"] == ranking.name and r["metric"] == metric and r["mean"] is not None}
-    if len(means) < 2 or higher_is_better(metric) is None:
-        return None
-    top = (max if higher_is_better(metric) else min)(sorted(means), key=means.get)
-    rows, any_result = [], False
-    for other in sorted(board.runs):
-        if other == top:
-            continue
-        cells = []
-        for split in shown:
-            a, b = (query_values(board.runs[e], split, metric) for e in (top, other))
-            result = stats.paired(a, b) if a and b else None
-            any_result |= result is not None
-            cells.append(_difference(result, metric) + ("" if result is None else f", p = {_p(result.p_value)}"))
-        rows.append([other, *cells])
-    if not any_result:
-        return None
-    return Table(f"paired comparisons: {top} against each other entry", ["entry", *(s.label for s in shown)], rows, [
-        f"Each cell: {top}'s mean {display(metric)[0]} minus the entry's, on the queries both evaluated [95 % paired "
-        "bootstrap interval], and "
-        "the p-value of an exact two-sided sign test over the queries where the two differ (not corrected for "
-        "multiple comparisons). `python -m bench.report sweep=... compare=A,B` compares any two entries."])
-
-
 def _provenance(parent) -> str:
     tags = parent.data.tags
     started = datetime.fromtimestamp(parent.info.start_time / 1000, tz=timezone.utc)
@@ -195,7 +120,7 @@ def _markdown(board: Leaderboard, parent) -> str:
     tabs = _tables(board)
     if not board.runs:
         tabs = [Table("no finished final run", ["entry"], [["(no finished final run)"]])]
-    comparison = _comparisons(board, _headline(board)) if _headline(board) else None
+    comparison = comparisons(board, headline_metric(board)) if headline_metric(board) else None
     lines += [tables.markdown(t) for t in tabs + ([comparison] if comparison else [])]
     if comparison is None and len(board.runs) > 1:
         lines += ["Paired comparisons need per-query results (`eval/<split>.jsonl`), which these runs lack.", ""]
@@ -250,42 +175,6 @@ def kept_message(results_dir: Path, sweep: str, parent_run_id: str) -> str:
     path = results_dir / sweep / "leaderboard.md"
     return (f"leaderboard not written: no final run of sweep run {parent_run_id} finished; "
             + (f"{path} keeps the previous one" if path.exists() else "there is none yet"))
-
-
-COMPARE_COLUMNS = ["entry_a", "entry_b", "split", "metric", "queries", "mean_a", "mean_b", "difference",
-                   "ci95_low", "ci95_high", "wins", "ties", "losses", "p_value"]
-
-
-def compare(board: Leaderboard, a: str, b: str, metric: str | None = None) -> tuple[str, str]:
-    """Entries `a` and `b` query by query on every shown split: (Markdown, CSV)."""
-    metric = metric or _headline(board)
-    for entry in (a, b):
-        if entry not in board.runs:
-            raise ReportError(f"no entry {entry!r} among the final runs; entries: {', '.join(sorted(board.runs)) or 'none'}")
-    if metric is None or not any(r["metric"] == metric and r["split"] for r in board.summary):
-        known = sorted({r["metric"] for r in board.summary if r["split"]})
-        raise ReportError(f"no test metric {metric!r} in these runs; metrics: {', '.join(known) or 'none'}")
-    title, scale, digits = display(metric)
-    rows, csv_rows = [], []
-    for split in (s for s in board.splits if s.shown):
-        va, vb = (query_values(board.runs[e], split, metric) for e in (a, b))
-        result = stats.paired(va, vb) if va and vb else None
-        if result is None:
-            rows.append([split.label, "—", "—", "—", "—", "—", "—"])
-            continue
-        rows.append([split.label, *(Stat(m, scale=scale, digits=digits) for m in (result.mean_a, result.mean_b)),
-                     _difference(result, metric), f"{result.wins} / {result.ties} / {result.losses}",
-                     str(result.queries), _p(result.p_value)])
-        csv_rows.append({"entry_a": a, "entry_b": b, "split": split.name, "metric": metric, "queries": result.queries,
-                         "mean_a": result.mean_a, "mean_b": result.mean_b, "difference": result.difference,
-                         "ci95_low": result.interval[0], "ci95_high": result.interval[1], "wins": result.wins,
-                         "ties": result.ties, "losses": result.losses, "p_value": result.p_value})
-    table = Table(f"{a} against {b}: {title}{arrow(metric)}",
-                  ["split", a, b, f"{a} − {b} [95 % interval]", "wins / ties / losses", "queries", "p (sign test)"], rows, [
-        "Per query: the value averaged over each entry's seeds, paired by query text. Interval: paired bootstrap "
-        f"over the queries ({stats.RESAMPLES:,} resamples); p: exact two-sided sign test over the queries where the "
-        f"two differ (wins: {a} higher). —: no per-query results for one of them."])
-    return f"# {board.sweep}: {a} against {b}\n\n" + tables.markdown(table), tables.csv_text(csv_rows, COMPARE_COLUMNS)
 
 
 def main(argv: list[str]) -> int:

@@ -13,11 +13,13 @@ import ast
 import importlib.util
 import sys
 
-from bench.config import (LAUNCHERS, ConfigError, RunConfig, build_config, check_choice, check_folder, check_task,
-                          describe, parse_overrides, slots, sweep_names)
+from bench.config import (LAUNCHERS, build_config, check_choice, check_folder, check_task, describe, parse_overrides,
+                          slots, sweep_names)
+from bench.run_config import RunConfig
 from bench.scales import DESCRIPTIONS as SCALE_DESCRIPTIONS
 from bench.scales import SCALES
 from bench.sweep_file import sweep_descriptions
+from bench.values import ConfigError
 from methods import METHODS
 from methods.engine.model_config import PRESETS, ModelError
 from tasks import TASKS
@@ -114,9 +116,9 @@ def _main(argv: list[str]) -> int:
             return 0
         if "sweep" in overrides:
             check_choice("sweep", overrides["sweep"], sweep_names())  # before the sweep machinery loads
-            from bench import sweep as sweeps
+            from bench.sweep_plan import plan_sweep
 
-            plan = sweeps.plan_sweep(overrides)
+            plan = plan_sweep(overrides)
             check_folder("run_dir", plan.cfg.run_dir)
             check_folder("results_dir", plan.cfg.results_dir)
         else:
@@ -131,7 +133,9 @@ def _main(argv: list[str]) -> int:
 
     try:
         if "sweep" in overrides:
-            return sweeps.run_sweep(plan)
+            from bench.sweep import run_sweep
+
+            return run_sweep(plan)
         from bench.trial import run_trial
 
         metrics = run_trial(cfg, stage="single")

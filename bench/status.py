@@ -16,7 +16,8 @@ from pathlib import Path
 
 import psutil
 
-from bench.config import ConfigError, build_config, check_choice, parse_overrides
+from bench.config import build_config, check_choice, parse_overrides
+from bench.values import ConfigError
 
 
 def _job_states(jobs: list[dict]) -> dict[str, str]:
@@ -41,23 +42,23 @@ def describe(sweep: str, run_dir: Path) -> str:
     import mlflow
     import optuna
 
-    from bench import tracking, worker
+    from bench import journal as sweep_store, tracking
 
     folder = run_dir / sweep
     journal = folder / "optuna.journal"
     if not journal.exists():
         raise FileNotFoundError(f"no sweep {sweep!r} in {run_dir} (no {journal}); pass the sweep's run_dir=")
     try:
-        worker.check_journal(journal)
-    except worker.JournalError as err:
+        sweep_store.check_journal(journal)
+    except sweep_store.JournalError as err:
         raise ConfigError(str(err)) from None
-    store = worker.storage(journal)
+    store = sweep_store.storage(journal)
     lines = [f"sweep {sweep}: {folder}"]
     now = time.time()
     for name in sorted(n for n in optuna.get_all_study_names(store) if n.startswith(f"{sweep}.")):
         trials = optuna.load_study(study_name=name, storage=store).get_trials(deepcopy=False)
         states = Counter(t.state.name for t in trials)
-        interrupted = sum(1 for t in trials if t.state.name == "FAIL" and worker.ERROR not in t.user_attrs)
+        interrupted = sum(1 for t in trials if t.state.name == "FAIL" and sweep_store.ERROR not in t.user_attrs)
         summary = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
         lines.append(f"  {name.removeprefix(sweep + '.')}: {summary or 'no trials'}"
                      + (f" ({interrupted} of the FAIL interrupted and retried)" if interrupted else ""))
@@ -65,8 +66,8 @@ def describe(sweep: str, run_dir: Path) -> str:
             if t.state.name == "RUNNING":
                 beat = folder / "heartbeats" / f"{name}.{t.number}"
                 age = f"heartbeat {now - beat.stat().st_mtime:.0f} s ago" if beat.exists() else "no heartbeat"
-                lines.append(f"    trial {t.user_attrs.get(worker.LINEAGE, t.number)} running, {age}, "
-                             f"MLflow run {t.user_attrs.get(worker.RUN_ID, '?')}")
+                lines.append(f"    trial {t.user_attrs.get(sweep_store.LINEAGE, t.number)} running, {age}, "
+                             f"MLflow run {t.user_attrs.get(sweep_store.RUN_ID, '?')}")
     jobs_file = folder / "jobs.json"
     jobs = json.loads(jobs_file.read_text()) if jobs_file.exists() else []
     states = _job_states(jobs)

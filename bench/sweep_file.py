@@ -1,5 +1,5 @@
 """A sweep file, `sweeps/<name>.yaml`: its format, and the reader that checks it (errors name the
-file and the key inside it); bench/sweep.py plans and runs what it describes. Reading one loads
+file and the key inside it); bench/sweep_plan.py plans and bench/sweep.py runs what it describes. Reading one loads
 nothing heavy, so that `--help` lists every sweep and a broken file is reported at once.
 
     description: one line, shown by --help
@@ -56,8 +56,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from bench import config
-from bench.config import ConfigError, check_choice, convert, sweep_names
+from bench.config import check_choice, sweep_names
 from bench.scales import SCALES
+from bench.values import ConfigError, convert
 from methods import METHODS
 from methods.engine.metrics import METRICS
 from tasks import TASKS

@@ -24,7 +24,7 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Metric, RunTag
 
-from bench.config import REPO_ROOT, RunConfig
+from bench.run_config import REPO_ROOT, RunConfig
 
 SINGLE_RUN_EXPERIMENT = "gfn-bench"
 RECORDS_DIR = "eval"  # a run's per-query results of its final test evaluation: eval/<split>.jsonl

@@ -107,6 +107,3 @@ def check(cfg: Config, task: Task) -> None:
 def train(ctx: TrainContext, cfg: Config) -> None:
     """Nothing to learn: evaluation samples from `evaluation_task` with `decoding`."""
     check(cfg, ctx.task)
-    # Until the harness builds the evaluated engine from these two declarations itself.
-    ctx.engine.task = evaluation_task(cfg, ctx.task)
-    ctx.engine.decode = decoding(cfg)

@@ -55,12 +55,13 @@ ONE_FINAL = ["sweep=smoke", "method=gfn_tb", "trials=1", "run_dir=runs", "result
 def test_a_journal_cut_mid_line_is_repaired_before_the_resume_appends(tmp_path, monkeypatch):
     import optuna
 
-    from bench import sweep, worker
+    from bench.journal import storage
+    from bench.sweep_plan import open_study, plan_sweep
 
     monkeypatch.chdir(tmp_path)
-    plan = sweep.plan_sweep(dict(arg.split("=", 1) for arg in ONE_FINAL))
+    plan = plan_sweep(dict(arg.split("=", 1) for arg in ONE_FINAL))
     plan.folder.mkdir(parents=True)
-    study = sweep._open_study(plan, plan.methods[0], worker.storage(plan.storage_path))
+    study = open_study(plan, plan.methods[0], storage(plan.storage_path))
     study.tell(study.ask(), 0.5)
     # A node died while writing the next record: the journal ends inside a line.
     with open(plan.storage_path, "ab") as journal:
@@ -77,7 +78,7 @@ def test_a_journal_cut_mid_line_is_repaired_before_the_resume_appends(tmp_path, 
     assert lines[:3] == before.splitlines(keepends=True)[:3]  # the complete records are kept as they were
     for line in lines:  # never a merged line: every record parses, and the file ends with one
         assert line.endswith(b"\n") and isinstance(json.loads(line), dict)
-    resumed = optuna.load_study(study_name="smoke.gfn_tb", storage=worker.storage(plan.storage_path))
+    resumed = optuna.load_study(study_name="smoke.gfn_tb", storage=storage(plan.storage_path))
     assert [t.state.name for t in resumed.trials] == ["COMPLETE"]
     assert "| gfn_tb |" in (tmp_path / "results" / "smoke" / "leaderboard.md").read_text()
 
@@ -89,13 +90,14 @@ def test_a_journal_cut_mid_line_is_repaired_before_the_resume_appends(tmp_path, 
 def test_a_merged_journal_line_stops_the_sweep_with_how_to_repair_it(tmp_path, monkeypatch, capsys):
     """A journal corrupted by an older version (two records on one line) is reported, not read."""
     import bench.run
-    from bench import sweep, worker
+    from bench.journal import storage
+    from bench.sweep_plan import open_study, plan_sweep
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
-    plan = sweep.plan_sweep(dict(arg.split("=", 1) for arg in ONE_FINAL))
+    plan = plan_sweep(dict(arg.split("=", 1) for arg in ONE_FINAL))
     plan.folder.mkdir(parents=True)
-    study = sweep._open_study(plan, plan.methods[0], worker.storage(plan.storage_path))
+    study = open_study(plan, plan.methods[0], storage(plan.storage_path))
     study.tell(study.ask(), 0.5)
     lines = plan.storage_path.read_bytes().splitlines(keepends=True)
     lines[2] = lines[2][:20] + lines[3]  # a cut-off record with the next one appended onto it

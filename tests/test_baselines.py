@@ -8,11 +8,11 @@ import mlflow
 import pytest
 import torch
 
-from bench.sweep import plan_sweep
+from bench.sweep_plan import plan_sweep
 from methods import METHODS, best_of_n, prompting, sft
 from methods.base import TrainConfig, TrainContext
 from methods.engine.engine import Engine
-from methods.engine.evaluate import evaluate
+from methods.engine.evaluate import evaluate, method_engine
 from methods.engine.models import ModelError, Policy
 from tasks.arithmetic import ArithmeticTask, Config
 
@@ -185,9 +185,11 @@ def test_k_shot_prompt_is_the_tasks_own_policy_shots_prompt():
 
 def test_prompting_changes_only_the_evaluated_prompts(tiny_policy):
     task = ArithmeticTask(Config(**SMALL), None)
+    cfg = prompting.Config(shots=2)
     ctx, logged = context(tiny_policy, task)
+    ctx.engine = method_engine(tiny_policy, task, BUDGET.batch_size, prompting, cfg)
     before = snapshot(tiny_policy)
-    prompting.train(ctx, prompting.Config(shots=2))
+    prompting.train(ctx, cfg)
     assert logged == [] and moved(tiny_policy, before) == 0
     ex, demo = task.validation_examples()[0], task.demonstrations()[0]
     shown = ctx.engine.task.policy_prompt(ex)

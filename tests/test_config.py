@@ -6,9 +6,12 @@ import typing
 
 import pytest
 
-from bench.config import ConfigError, RunConfig, build_config, flatten, parse_overrides, slots, sweep_names
+from bench.config import build_config, flatten, parse_overrides, slots, sweep_names
+from bench.run_config import RunConfig
 from bench.scales import SCALES
-from bench.sweep import load_spec, plan_sweep
+from bench.sweep_file import load_spec
+from bench.sweep_plan import plan_sweep
+from bench.values import ConfigError
 from methods import METHODS, method_module
 from tasks import TASKS, task_class
 

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from methods import prompting
-from methods.base import TrainConfig, TrainContext
 from methods.engine.decoding import Decoding, TokenRules, beam_search, keep_top_p, merge_terminators
 from methods.engine.engine import Engine
-from methods.engine.evaluate import evaluate
+from methods.engine.evaluate import evaluate, method_engine
 from methods.engine.rollout import Trajectories
 from tasks.arithmetic import ArithmeticTask, Config
 from tasks.base import Example
@@ -171,17 +170,14 @@ def test_nucleus_with_a_tiny_top_p_is_greedy(policy):
 
 def test_greedy_on_arithmetic_through_prompting_and_evaluation(policy):
     task = ArithmeticTask(Config(n_demos=4, n_train=8, n_valid=4, n_test=4, max_actions=12), None)
-    engine = Engine(policy, task, batch_size=8)
-    ctx = TrainContext(policy, task, engine, TrainConfig(), seed=0, log_metrics=lambda m, s: None,
-                       evaluate=lambda step: {})
-    prompting.train(ctx, prompting.Config())
+    engine = method_engine(policy, task, 8, prompting, prompting.Config())
     assert engine.decode is None  # sample: the engine's own sampler, unchanged
-    prompting.train(ctx, prompting.Config(decoding="greedy"))
+    engine = method_engine(policy, task, 8, prompting, prompting.Config(decoding="greedy"))
     result = evaluate(engine, task.validation_examples()[:3], samples=3, temperature=1.0)
     # three copies of one sample per query: its likelihood is each query's mean and maximum
     assert result.metrics["loglik_mean"] == pytest.approx(result.metrics["loglik_max"], abs=1e-3)
     with pytest.raises(ValueError, match="cannot decode task 'arithmetic': its tool"):
-        prompting.train(ctx, prompting.Config(decoding="beam"))
+        prompting.check(prompting.Config(decoding="beam"), task)
 
 
 # --- beam searches ----------------------------------------------------------------------------------

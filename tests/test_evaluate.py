@@ -76,6 +76,27 @@ def test_re_evaluation_reproduces_the_runs_own_test_metrics(store, capsys):
     assert f"evaluation run {child.info.run_id}" in capsys.readouterr().out
 
 
+def test_a_prompting_run_is_re_evaluated_with_its_own_prompts_and_decoding(store):
+    """The evaluated engine comes from the method's declarations (`method_engine`), not from its train."""
+    from bench.config import build_config
+    from bench.trial import run_trial
+
+    folder = store[0]
+    cfg = build_config([(None, {**SMALL, "method": "prompting", "method.shots": "2", "method.decoding": "greedy",
+                                "run_dir": str(folder)})])
+    cfg.sweep = "demo"
+    ids = []
+    logged = run_trial(cfg, stage="final", entry="prompting-2shot", trial_number="untuned", on_run_started=ids.append)
+    assert evaluate.main([f"run={ids[0]}", "threads=1"]) == 0
+    client = mlflow.MlflowClient()
+    (child,) = client.search_runs([client.get_run(ids[0]).info.experiment_id],
+                                  filter_string=f"tags.evaluated_run = '{ids[0]}'")
+    # Longer prompts (two demonstrations) cost more tokens: the plain task's prompts would differ here.
+    for split in ("test_3op", "valid"):
+        for metric in ("accuracy", "loglik_mean", "forward_tokens"):
+            assert child.data.metrics[f"{split}/{metric}"] == pytest.approx(logged[f"{split}/{metric}"], rel=1e-5), (split, metric)
+
+
 def test_a_question_file_is_evaluated_and_shown_as_an_extra_leaderboard_column(store, tmp_path):
     folder, run_id, parent, _ = store
     questions = tmp_path / "mine.json"

@@ -20,9 +20,10 @@ import psutil
 import pytest
 import torch
 
-from bench.config import ConfigError, build_config
+from bench.config import build_config
 from bench.interrupt import StoppingCheckpointer
 from bench.parallel import RankCheckpointer
+from bench.values import ConfigError
 from methods.checkpoint import Checkpointer, CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ import re
 import torch
 
 from bench import perf
+from bench.paper_reference import paper_per_token_rewards
 from methods.engine.engine import Engine
 from methods.engine.rollout import Trajectories
 from tasks.arithmetic import ArithmeticTask, Config
@@ -21,7 +22,7 @@ def test_the_paper_style_reward_loop_equals_the_one_pass_reward(tiny_policy):
     demos.example_idx = [4, 5]
     traj = Trajectories.concat([traj, demos])
     fast = engine.log_reward(traj, examples, per_prefix=True)
-    slow = perf.paper_per_token_rewards(engine, traj, examples)
+    slow = paper_per_token_rewards(engine, traj, examples)
     for b, ends in enumerate(traj.state_ends()):
         torch.testing.assert_close(fast[b, :len(ends)].cpu(), slow[b, :len(ends)], atol=1e-4, rtol=0)
 

@@ -20,9 +20,10 @@ from optuna.trial import TrialState
 import bench.config
 import bench.run
 import bench.sweep
-import bench.trial
-from bench.config import ConfigError
-from bench.sweep import plan_sweep, run_sweep
+import bench.training
+from bench.sweep import run_sweep
+from bench.sweep_plan import plan_sweep
+from bench.values import ConfigError
 from methods import METHODS
 from methods.base import TrainContext
 from methods.engine.evaluate import EvalResult
@@ -71,7 +72,7 @@ def sweeps(tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "scored", __name__)
     monkeypatch.setattr(bench.config, "SWEEPS_DIR", tmp_path)
     monkeypatch.setattr(bench.sweep, "SWEEPS_DIR", tmp_path)
-    monkeypatch.setattr(bench.trial, "evaluate_splits", scripted_evaluation)
+    monkeypatch.setattr(bench.training, "evaluate_splits", scripted_evaluation)
     monkeypatch.setattr(pdb, "post_mortem", lambda *args: None)  # the debug launcher opens pdb on errors
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
     (tmp_path / "prune.yaml").write_text(SWEEP)

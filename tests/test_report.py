@@ -387,6 +387,8 @@ def test_a_run_keeps_every_test_querys_result_for_the_report(store, tmp_path):
     queries = [{row["query"] for row in run.records["test_4op"]} for (run,) in board.runs.values()]
     assert queries[0] == queries[1]
     assert "[—]" not in board.markdown and "paired comparisons:" in board.markdown
+    # Every run names the version of its task's YAML file.
+    assert {client.get_run(run.run_id).data.tags["task_version"] for (run,) in board.runs.values()} == {"1"}
 
 
 def test_learning_curves_draw_one_line_per_label_with_the_mean_over_runs():

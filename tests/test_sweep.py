@@ -16,8 +16,9 @@ from optuna.trial import TrialState
 
 import bench.config
 import bench.sweep
-from bench.config import ConfigError
-from bench.sweep import plan_sweep, run_sweep
+from bench.sweep import run_sweep
+from bench.sweep_plan import plan_sweep
+from bench.values import ConfigError
 from methods import METHODS
 from methods.base import TrainContext
 from tests.test_faults import needs_slurm
@@ -41,6 +42,7 @@ def test_smoke_sweep(tmp_path, launcher):
 
     parents = runs_of(uri, "smoke", "tags.stage = 'sweep'")
     assert len(parents) == 1 and parents.loc[0, "status"] == "FINISHED"
+    assert parents.loc[0, "tags.task_version"] == "1"  # the leaderboard's provenance prints it
     parent = parents.loc[0, "run_id"]
     children = runs_of(uri, "smoke", f"tags.`mlflow.parentRunId` = '{parent}'")
     assert len(children) >= 4 and set(children["status"]) == {"FINISHED"}

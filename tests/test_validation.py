@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 import bench.run
-from bench.config import ConfigError, Range, RunConfig, build_config, check_setting, parse_overrides, slots
+from bench.config import Range, build_config, check_setting, parse_overrides, slots
 from bench.launch import profile_names
+from bench.run_config import RunConfig
 from bench.scales import SCALES
+from bench.values import ConfigError
 from methods import METHODS, method_module
 from tasks import TASKS, task_class
 
@@ -294,9 +296,9 @@ final: {seeds: [0]}
 
 def test_a_search_space_outside_the_range_is_refused_at_planning(tmp_path, monkeypatch):
     import bench.config
-    import bench.sweep
+    import bench.sweep_plan
 
     monkeypatch.setattr(bench.config, "SWEEPS_DIR", tmp_path)
     (tmp_path / "t.yaml").write_text(SEARCH_OUTSIDE)
     with pytest.raises(ConfigError, match=r"methods.gfn_tb.search.method.p_replay: method.p_replay: expected in \[0, 1\], got 1.5"):
-        bench.sweep.plan_sweep({"sweep": "t"})
+        bench.sweep_plan.plan_sweep({"sweep": "t"})

@@ -20,19 +20,32 @@ query costs to sample (prompt + sample, per row) plus what the selection rule sp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from types import ModuleType
+from typing import Any, Callable
 
 import torch
 
 from methods.engine import embeddings
 from methods.engine.engine import Engine
+from methods.engine.models import Policy
 from methods.engine.metrics import FREE_FORM_METRICS, bleu4, distinct_n, gleu, majority_vote
 from methods.engine.rollout import Trajectories
-from tasks.base import Example
+from tasks.base import Example, Task
 
 Select = Callable[[Engine, list[Example], Trajectories], tuple[torch.Tensor, list[int]]]
 """A test-time selection rule: (score per row, higher is kept; forward tokens spent per row). Row i
 answers examples[traj.example_idx[i]]; the rule must never read an example's answer."""
+
+
+def method_engine(policy: Policy, task: Task, batch_size: int, method: ModuleType, cfg: Any) -> Engine:
+    """The engine a method trains and is evaluated with: the task as the method module's
+    `evaluation_task(cfg, task)` shows it to the policy, sampling with its `decoding(cfg)` at
+    evaluation (method=prompting); the task itself and the engine's sampler where it declares neither."""
+    view = getattr(method, "evaluation_task", None)
+    engine = Engine(policy, view(cfg, task) if view else task, batch_size)
+    decoding = getattr(method, "decoding", None)
+    engine.decode = decoding(cfg) if decoding else None
+    return engine
 
 
 @dataclass
