@@ -20,3 +20,15 @@ def tiny_policy():
     from methods.engine.models import ModelConfig, load_policy
 
     return load_policy(ModelConfig(preset="tiny"), seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_store_of_another_test(monkeypatch):
+    """mlflow.set_tracking_uri (bench.tracking calls it for every run) sets a process-wide URI and
+    MLFLOW_TRACKING_URI in os.environ, which monkeypatch does not undo: a later test would read and
+    write the store of the test before it (the paper report wrote the repository's results/ so).
+    Every test starts with neither."""
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -86,7 +86,15 @@ def test_the_paper_report_puts_each_cell_beside_the_reported_number(store, capsy
     assert next(r for r in rows_csv if r["table"].startswith("Table 2") and r["row"] == "SFT")["status"] == "missing"
 
 
+def test_a_test_that_points_mlflow_at_its_store(tmp_path):
+    """What an earlier test may do (bench.tracking does it for every run): set MLflow's process-wide
+    URI, which also sets MLFLOW_TRACKING_URI in os.environ, where monkeypatch does not undo it."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'leaked.db'}")
+    mlflow.MlflowClient().search_experiments()  # the store now exists
+
+
 def test_the_paper_report_needs_a_store(tmp_path, capsys):
-    assert report.main(["paper", f"run_dir={tmp_path / 'none'}"]) == 1
+    # Not the store of the test before (tests/conftest.py clears MLflow's URI between tests).
+    assert report.main(["paper", f"run_dir={tmp_path / 'none'}", f"results_dir={tmp_path / 'results'}"]) == 1
     assert capsys.readouterr().err.startswith("error: no MLflow store at")
     assert report.main(["paper", "sweep=x"]) == 2
