@@ -15,6 +15,15 @@ def test_identical_vectors_have_zero_diversity():
     assert diversity(torch.tensor([[0.3, -1.2, 2.0]] * 4)) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_identical_samples_never_show_a_negative_diversity():
+    """Rounding made 1 - mean cosine of identical rows -2e-16 for most vectors: the leaderboard
+    printed -0.000 for SFT, whose samples were all alike."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        row = torch.randn(1, 384, generator=generator)
+        assert 0.0 <= diversity(row.repeat(4, 1)) < 1e-12
+
+
 def test_orthogonal_vectors_have_diversity_one_whatever_their_norm():
     assert diversity(torch.eye(5)) == pytest.approx(1.0, abs=1e-12)
     assert diversity(torch.diag(torch.tensor([2.0, 0.5, 7.0]))) == pytest.approx(1.0, abs=1e-12)

@@ -79,7 +79,9 @@ def diversity(embeddings: torch.Tensor) -> float:
     unit = torch.nn.functional.normalize(embeddings.double(), dim=-1)
     cos = unit @ unit.T
     rows, cols = torch.triu_indices(n, n, offset=1)
-    return float(1.0 - cos[rows, cols].mean())
+    # Identical rows give a mean cosine a rounding error above 1: never report that as a
+    # negative diversity (the leaderboard printed -0.000).
+    return max(0.0, float(1.0 - cos[rows, cols].mean()))
 
 
 def embedding_diversity(texts: list[str], model_path: str | Path | None = None) -> float:
