@@ -38,10 +38,10 @@ class Engine:
         # Terminators that are text (the "." of a sentence) belong to the sample's likelihood.
         self.text_terminator_ids = (self.rules.terminators.nonzero().flatten().tolist()
                                     if getattr(task, "terminator_texts", ()) else [])
-        # How evaluation decodes its n samples per query instead of `sample` (method=prompting's
-        # baselines, a methods.engine.decoding.Decoding); None: the engine's own sampler.
         # The frozen base's KV caches of shared prompt prefixes (the reward's worked examples).
         self.base_prefixes = PrefixCache()
+        # How evaluation decodes its n samples per query instead of `sample` (method=prompting's
+        # baselines, a methods.engine.decoding.Decoding); None: the engine's own sampler.
         self.decode: Callable[[Engine, list[Example], int, torch.Generator | None], Trajectories] | None = None
 
         @lru_cache(maxsize=None)
