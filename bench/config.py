@@ -6,14 +6,17 @@ sweep YAML < command line < Optuna suggestions; see `build_config`). Keys are do
 (`train.steps`, `model.lora.r`); `task.*` and `method.*` address the Config dataclass of the
 selected task and method. Values are parsed by the field's type (numbers from ASCII digits only)
 and a numeric value must lie in the range its field declares (`metadata={"range": "[1, inf)"}`,
-see methods/base.py; both in bench/values.py); every mistake is a `ConfigError` whose message is
-one line naming the key, with long values shortened.
+see methods/base.py); every mistake is a `ConfigError` (bench/errors.py) whose message is one line
+naming the key, with long values shortened. A value from the command line goes from
+`parse_overrides` through `build_config` (parsed and checked by `convert` and `check_range`) into
+its field of the RunConfig, all in this file.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
+import math
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +27,8 @@ from bench.ranges import Range
 from bench.scales import SCALES
 from methods import METHODS, method_module
 from bench.run_config import REPO_ROOT, RunConfig
-from bench.values import SHOWN, ConfigError, check_range, convert, optional_inner, shown, type_name
-from methods.engine.model_config import DTYPE_NAMES, PRESETS, ModelError, check_model_files
+from bench.errors import SHOWN, ConfigError, optional_inner, shown, type_name
+from methods.engine.model_config import DTYPE_NAMES, PRESETS
 from tasks import TASKS, task_class
 
 SWEEPS_DIR = REPO_ROOT / "sweeps"
@@ -77,6 +80,91 @@ def check_setting(key: str, value: Any, slot: Slot) -> Any:
     value = convert(key, value, slot.type)
     check_range(key, value, slot.range)
     return value
+
+
+# --- values -------------------------------------------------------------------------------
+
+_INT = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+_FLOAT = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
+
+
+def _parse_text(text: str, tp: Any) -> Any:
+    """A command-line string as a value of type `tp`; ValueError if it is not one."""
+    inner = optional_inner(tp)
+    if inner is not None:
+        return None if text in ("null", "None", "~") else _parse_text(text, inner)
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp) or (str,)
+        body = text.strip()
+        if not (body.startswith("[") and body.endswith("]")):
+            raise ValueError
+        parts = [p.strip() for p in body[1:-1].split(",")]
+        return [] if parts == [""] else [_parse_text(p, item) for p in parts]
+    if typing.get_origin(tp) is typing.Literal:
+        choices = {str(c): c for c in typing.get_args(tp)}
+        return choices[text]
+    if tp is bool:
+        lowered = text.lower()
+        if lowered not in ("true", "false"):
+            raise ValueError
+        return lowered == "true"
+    if tp is int:  # int() and float() also take '٣', '1_000' and 'inf'; a setting takes ASCII digits
+        if not _INT.fullmatch(text):
+            raise ValueError
+        return int(text)
+    if tp is float:
+        if not _FLOAT.fullmatch(text):
+            raise ValueError
+        return float(text)
+    if tp is str:
+        # Quotes let a value keep a leading/trailing space or look like null: name='null'.
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return text[1:-1]
+        return text
+    raise TypeError(f"unsupported field type {tp!r}")
+
+
+def _check_value(value: Any, tp: Any) -> Any:
+    """A YAML or Python value checked (and, for int -> float, converted) against `tp`."""
+    if isinstance(value, str) and tp is not str:
+        # PyYAML reads `1e-4` (no dot) as a string, so strings get the command-line parser.
+        return _parse_text(value, tp)
+    inner = optional_inner(tp)
+    if inner is not None:
+        return None if value is None else _check_value(value, inner)
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp) or (str,)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError
+        return [_check_value(v, item) for v in value]
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and type(value) is tp:
+        return value
+    raise ValueError
+
+
+def convert(key: str, value: Any, tp: Any) -> Any:
+    try:
+        return _check_value(value, tp)
+    except (ValueError, KeyError):
+        raise ConfigError(f"{key}: expected {type_name(tp)}, got {shown(value)}") from None
+
+
+def check_range(key: str, value: Any, rng: Range | None) -> None:
+    """ConfigError unless `value` (a number, a list of numbers, or None) lies in `rng`."""
+    if rng is None or value is None:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, float) and not math.isfinite(item):
+            what = "a finite number" + ("" if rng.describe() == "any number" else f" {rng.describe()}")
+            raise ConfigError(f"{key}: expected {what}, got {item}")
+        if not rng.contains(item):
+            raise ConfigError(f"{key}: expected {rng.describe()}, got {shown(item)}")
 
 
 # --- overrides ------------------------------------------------------------------------------
@@ -200,32 +288,6 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
     return cfg
 
 
-def check_folder(key: str, folder: str) -> None:
-    """ConfigError if `folder` cannot be written or made: it, or the nearest of its parents that
-    exists, is a file or is not writable. Creates nothing."""
-    path = Path(folder)
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"{key}={shown(folder)}: {existing} is a file, not a folder; pass another {key}=")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={shown(folder)}: {existing} is not writable; pass another {key}=")
-
-
-def check_task(cfg: RunConfig) -> None:
-    """Look at the model's files and build the task once, so that a missing or malformed model,
-    a bad `task.*` value or a bad data file is reported before a run or a sweep starts writing
-    anything; then let the method refuse settings that cannot work on it (a method module may
-    define `check(cfg, task)`: what one value's range cannot say, such as one setting below another)."""
-    try:
-        check_model_files(cfg.model)
-        task = task_class(cfg.task)(cfg.task_cfg, cfg.data_dir)
-        check = getattr(method_module(cfg.method), "check", None)
-        if check is not None:
-            check(cfg.method_cfg, task)
-    except (ValueError, OSError, ModelError) as err:
-        raise ConfigError(str(err)) from None
-
-
 def _set(known: dict[str, Slot], key: str, value: Any) -> None:
     slot = known.get(key)
     if slot is None:
@@ -236,24 +298,3 @@ def _set(known: dict[str, Slot], key: str, value: Any) -> None:
 def flatten(cfg: RunConfig) -> dict[str, Any]:
     """Every setting as `key -> value` (group choices included): MLflow params, fingerprints."""
     return {key: getattr(s.owner, s.name) for key, s in slots(cfg).items()}
-
-
-# --- help -----------------------------------------------------------------------------------
-
-
-def _type_and_range(slot: Slot) -> str:
-    """`int ≥ 1`, `float in [0, 1]`, `int ≥ 1 or null`."""
-    symbol = slot.range.symbol() if slot.range is not None else ""
-    if not symbol:
-        return type_name(slot.type)
-    inner = optional_inner(slot.type)
-    return f"{type_name(inner)} {symbol} or null" if inner is not None else f"{type_name(slot.type)} {symbol}"
-
-
-def describe(known: Mapping[str, Slot]) -> list[str]:
-    """`  key  type range = default  help`, aligned, for each key."""
-    rows = [(key, f"{_type_and_range(s)} = {getattr(s.owner, s.name)!r}", s.help)
-            for key, s in known.items()]
-    width_key = max(len(r[0]) for r in rows)
-    width_type = max(len(r[1]) for r in rows)
-    return [f"  {k:<{width_key}}  {t:<{width_type}}  {h}" for k, t, h in rows]

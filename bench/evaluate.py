@@ -24,11 +24,12 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from bench import tracking
-from bench.config import build_config, check_task, flatten, parse_overrides
+from bench.checks import check_task
+from bench.config import build_config, flatten, parse_overrides
 from bench.run_config import RunConfig
 from bench.training import _weighted_means, adapter_folder, seed_everything
-from bench.trial import run_tags
-from bench.values import ConfigError
+from bench.training import run_tags
+from bench.errors import ConfigError
 from methods import method_module
 from methods.base import TrainContext
 from methods.engine.engine import Engine

@@ -95,7 +95,7 @@ def install(timers: HarnessTimers) -> None:
 def measure_run(overrides: dict[str, str], folder: Path) -> tuple[float, HarnessTimers, str]:
     """(wall seconds of one final run, its harness timers, a description of the run)."""
     from bench.sweep_plan import plan_sweep
-    from bench.trial import run_trial
+    from bench.training import run_trial
 
     overrides = overrides | {"run_dir": str(folder / "runs")}
     # The sweep's driver creates the store and its experiment before any job starts; a job's

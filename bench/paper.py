@@ -24,7 +24,7 @@ from bench.config import build_config, check_choice, parse_overrides
 from bench.figures import final_runs, save, tradeoff_figure
 from bench.finals import FinalRun, Split, display, higher_is_better, query_values, read_finals, summary
 from bench.tables import Stat, Table
-from bench.values import ConfigError
+from bench.errors import ConfigError
 
 NOTES = "../shared/notes/paper.md"
 

@@ -3,7 +3,8 @@
 The trial's process keeps its MLflow run and starts N rank processes (`python -m bench.parallel`),
 each with the environment `accelerate launch` would give it (RANK, WORLD_SIZE, MASTER_ADDR, ...).
 In each, accelerate's `PartialState` joins the process group (NCCL on GPUs, one GPU per process;
-gloo on CPUs, each process on a share of the cores) and `bench.training.train_and_evaluate` runs with
+gloo on CPUs, each process on a share of the cores) and the training function it is handed
+(`bench.training.train_and_evaluate`, pickled by name, so that this module need not import it) runs with
 a `DataParallel` of it: each process trains on `train.batch_prompts / N` queries per step and the
 gradients are averaged (methods/parallel.py). Process 0 logs into the trial's run (by its id),
 evaluates and saves the adapter, and hands its metrics back in a file.
@@ -31,14 +32,13 @@ import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import torch
 
 from bench import tracking
 from bench.interrupt import REQUEUE, TERMINATE, Interrupted, StopRequest, StoppingCheckpointer
-from bench.training import train_and_evaluate
 from methods.checkpoint import Checkpointer
 from methods.engine.models import ModelError
 from methods.parallel import DataParallel
@@ -56,6 +56,7 @@ class _RankJob:
     """What every rank process is given (pickled into a file beside its result)."""
 
     cfg: Any
+    train: Callable[..., dict[str, float]]  # bench.training.train_and_evaluate
     run_id: str
     tracking_uri: str
     name: str
@@ -91,11 +92,13 @@ class RankCheckpointer(StoppingCheckpointer):
         StopRequest.check(step)
 
 
-def train_in_processes(cfg: Any, *, run_id: str, name: str, evaluate_test: bool, leave_bar: bool,
+def train_in_processes(cfg: Any, train: Callable[..., dict[str, float]], *, run_id: str, name: str,
+                       evaluate_test: bool, leave_bar: bool,
                        checkpoint_dir: Path | None) -> dict[str, float]:
-    """Train and evaluate `cfg` in `cfg.trainer.num_processes` processes, recording into MLflow run
-    `run_id`; process 0's metrics. Raises `Interrupted` when they stopped on a request, and the
-    error of the first process that failed otherwise."""
+    """Train and evaluate `cfg` in `cfg.trainer.num_processes` processes, each calling `train` (a
+    module-level function, pickled by name), recording into MLflow run `run_id`; process 0's
+    metrics. Raises `Interrupted` when they stopped on a request, and the error of the first
+    process that failed otherwise."""
     n = cfg.trainer.num_processes
     use_cuda = torch.cuda.is_available() and cfg.model.device in ("auto", "cuda")
     if use_cuda and n > torch.cuda.device_count():
@@ -105,7 +108,7 @@ def train_in_processes(cfg: Any, *, run_id: str, name: str, evaluate_test: bool,
     cores = cfg.threads or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="gfn-bench-processes-") as folder:
         job_file = Path(folder) / "job.pkl"
-        job_file.write_bytes(pickle.dumps(_RankJob(cfg, run_id, mlflow.get_tracking_uri(), name, evaluate_test,
+        job_file.write_bytes(pickle.dumps(_RankJob(cfg, train, run_id, mlflow.get_tracking_uri(), name, evaluate_test,
                                                    leave_bar, checkpoint_dir, os.getpid())))
         env = os.environ | {
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
@@ -191,7 +194,7 @@ def _rank_main(job_file: Path) -> int:
         mlflow.set_tracking_uri(job.tracking_uri)
         checkpoints = (None if job.checkpoint_dir is None
                        else RankCheckpointer(job.checkpoint_dir, cfg.train.checkpoint_every, parallel))
-        metrics = train_and_evaluate(cfg, job.name, evaluate_test=job.evaluate_test, leave_bar=job.leave_bar,
+        metrics = job.train(cfg, job.name, evaluate_test=job.evaluate_test, leave_bar=job.leave_bar,
                                      checkpoints=checkpoints, log=tracking.RunLog(job.run_id), parallel=parallel)
         result = {"metrics": metrics}
     except Interrupted as stop:

@@ -12,7 +12,7 @@ steps, `ctx.evaluate`), the worker reports the sweep's objective to the Optuna t
 (`trial.report(value, step)`) and asks the pruner (`trial.should_prune()`). When the pruner says so,
 `Pruned` is raised out of the evaluation: training stops there, the MLflow run ends KILLED with the
 tags `pruned=true` and `pruned_step`, the trial is told PRUNED (it counts towards the budget and is
-never retried) and its checkpoint folder is removed (bench/trial.py, bench/worker.py).
+never retried) and its checkpoint folder is removed (bench/training.py, bench/worker.py).
 
 A run with `train.eval_every=0` evaluates only at its end: nothing is reported, nothing is pruned.
 """

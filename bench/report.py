@@ -26,7 +26,7 @@ from bench.figures import write_figures
 from bench.finals import CSV_COLUMNS, FORMATS, POOLED, display, higher_is_better, read_finals, summary
 from bench.leaderboard import Leaderboard, ReportError, arrow, headline_metric
 from bench.tables import Stat, Table
-from bench.values import ConfigError
+from bench.errors import ConfigError
 
 SHOWN_RUN_METRICS = ("wall_time_s", "total_forward_tokens", "train_device_s")  # run metrics of the other-metrics table
 NO_RECORDS = ("[—]: no per-query results (`eval/<split>.jsonl`; runs recorded before they existed), "

@@ -12,14 +12,15 @@ from __future__ import annotations
 import ast
 import importlib.util
 import sys
+from typing import Mapping
 
-from bench.config import (LAUNCHERS, build_config, check_choice, check_folder, check_task, describe, parse_overrides,
-                          slots, sweep_names)
+from bench.checks import check_folder, check_task
+from bench.config import LAUNCHERS, Slot, build_config, check_choice, parse_overrides, slots, sweep_names
 from bench.run_config import RunConfig
 from bench.scales import DESCRIPTIONS as SCALE_DESCRIPTIONS
 from bench.scales import SCALES
 from bench.sweep_file import sweep_descriptions
-from bench.values import ConfigError
+from bench.errors import ConfigError, optional_inner, type_name
 from methods import METHODS
 from methods.engine.model_config import PRESETS, ModelError
 from tasks import TASKS
@@ -45,6 +46,24 @@ def _first_line(module_path: str) -> str:
     with open(source, encoding="utf-8") as file:
         doc = ast.get_docstring(ast.parse(file.read())) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _type_and_range(slot: Slot) -> str:
+    """`int ≥ 1`, `float in [0, 1]`, `int ≥ 1 or null`."""
+    symbol = slot.range.symbol() if slot.range is not None else ""
+    if not symbol:
+        return type_name(slot.type)
+    inner = optional_inner(slot.type)
+    return f"{type_name(inner)} {symbol} or null" if inner is not None else f"{type_name(slot.type)} {symbol}"
+
+
+def describe(known: Mapping[str, Slot]) -> list[str]:
+    """`  key  type range = default  help`, aligned, for each key."""
+    rows = [(key, f"{_type_and_range(s)} = {getattr(s.owner, s.name)!r}", s.help)
+            for key, s in known.items()]
+    width_key = max(len(r[0]) for r in rows)
+    width_type = max(len(r[1]) for r in rows)
+    return [f"  {k:<{width_key}}  {t:<{width_type}}  {h}" for k, t, h in rows]
 
 
 def _listing(title: str, entries: dict[str, str]) -> list[str]:
@@ -136,7 +155,7 @@ def _main(argv: list[str]) -> int:
             from bench.sweep import run_sweep
 
             return run_sweep(plan)
-        from bench.trial import run_trial
+        from bench.training import run_trial
 
         metrics = run_trial(cfg, stage="single")
     # Each is one actionable line; a run that had started is recorded as FAILED.

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 
 from bench.config import build_config, check_choice, parse_overrides
-from bench.values import ConfigError
+from bench.errors import ConfigError
 
 
 def _job_states(jobs: list[dict]) -> dict[str, str]:

@@ -56,9 +56,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from bench import config
-from bench.config import check_choice, sweep_names
+from bench.config import check_choice, convert, sweep_names
 from bench.scales import SCALES
-from bench.values import ConfigError, convert
+from bench.errors import ConfigError
 from methods import METHODS
 from methods.engine.metrics import METRICS
 from tasks import TASKS

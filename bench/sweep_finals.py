@@ -15,7 +15,7 @@ from bench.interrupt import Interrupted, StopRequest
 from bench.run_config import RunConfig
 from bench.sweep_jobs import Job, Pool
 from bench.sweep_plan import SweepPlan
-from bench.trial import run_trial
+from bench.training import run_trial
 
 
 # The `trial` tag of an untuned entry's final runs, and its parent-run param `best/<entry>`.

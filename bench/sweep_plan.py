@@ -14,11 +14,12 @@ from typing import Any
 import optuna
 
 from bench import journal, pruning
-from bench.config import Layer, build_config, check_choice, check_setting, check_task, flatten, resolve_scale, slots
+from bench.checks import check_task
+from bench.config import Layer, build_config, check_choice, check_setting, convert, flatten, resolve_scale, slots
+from bench.errors import ConfigError
 from bench.run_config import RunConfig
 from bench.scales import SCALES
 from bench.sweep_file import Reader, SearchParam, SweepSpec, for_scale, load_spec, sweep_wide
-from bench.values import ConfigError, convert
 from methods import method_module
 
 

@@ -1,9 +1,16 @@
-"""Training and evaluation of one run, in this process, into an MLflow run that bench/trial.py opened.
+"""One training run: what a single run, a sweep trial and a final seed all execute (in this process
+or in a submitit job), from its MLflow run to its final metrics. `run_trial` opens or resumes the
+run, tags it, trains and evaluates (`train_and_evaluate` here, or bench/parallel.py for several
+processes, each of which runs `train_and_evaluate`) and ends it FINISHED, KILLED (pruned,
+interrupted) or FAILED. The run's config goes from here into `method.train(ctx, cfg.method_cfg)`.
 
 Metrics: the method's step metrics as `train/<name>`; validation as `valid/<metric>` (during
 training and at the end); with test evaluation, each split as `<split>/<metric>` and the
 size-weighted means over in-distribution and out-of-distribution splits as `test_id/<metric>`
-and `test_ood/<metric>`; `wall_time_s` (everything) and `train_time_s` (the method's `train`).
+and `test_ood/<metric>`; `wall_time_s` (everything), `train_time_s` (the method's `train`) and
+`train_steps` (the optimizer steps it ran: 0 for a method that does not train; SFT may stop
+before `train.steps`). The final numbers are recorded at step `train_steps` (`train.steps` for a
+method that does not train).
 Compute, on one axis for every method: the tokens through forward passes (counted by the engine,
 methods/engine/engine.py) during training, as the step metric `train/forward_tokens` (so far,
 all processes) and in total `train_forward_tokens`, and during evaluations (validation and test)
@@ -20,8 +27,10 @@ import dataclasses
 import os
 import random
 import re
+import socket
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +40,10 @@ import torch
 from tqdm import tqdm
 
 from bench import tracking
-from bench.interrupt import StopRequest
+from bench.config import flatten
+from bench.interrupt import Interrupted, StopRequest, StoppingCheckpointer
+from bench.parallel import train_in_processes
+from bench.pruning import Pruned
 from bench.run_config import RunConfig
 from methods import method_module
 from methods.base import TrainContext
@@ -41,6 +53,7 @@ from methods.engine.models import ModelError, load_policy
 from methods.parallel import DataParallel
 from tasks import task_class
 from tasks.base import Example
+from tasks.spec import load_spec
 
 ADAPTER_ARTIFACT = "adapter"  # where a run's trained LoRA adapter is stored among its artifacts
 # Step metrics shown on the progress bar: bar label -> metric a method logs.
@@ -58,6 +71,85 @@ def _weighted_means(results: list[tuple[int, dict[str, float]]]) -> dict[str, fl
     total = sum(n for n, _ in results)
     return {key: sum(n * metrics[key] for n, metrics in results) / total
             for key in results[0][1]} if total else {}
+
+
+def run_tags(cfg: RunConfig, stage: str, trial_number: int | str | None, entry: str | None = None) -> dict[str, str]:
+    """`entry` is the sweep row a run belongs to (by default its method); `trial_number` is the
+    Optuna trial a run tunes or re-runs, or "untuned" for the final of an entry with trials 0."""
+    sha, dirty = tracking.git_sha()
+    return {
+        "method": cfg.method, "entry": entry or cfg.method, "task": cfg.task, "model": cfg.model.name or cfg.model.gguf or cfg.model.preset,
+        "seed": str(cfg.seed), "trial": "" if trial_number is None else str(trial_number),
+        "stage": stage, "sweep": cfg.sweep or "", "scale": cfg.scale,
+        "git_sha": sha, "git_dirty": str(dirty).lower(), "hostname": socket.gethostname(),
+        "task_version": str(load_spec(cfg.task).version),
+    }
+
+
+def run_trial(cfg: RunConfig, *, stage: str = "single", parent_run_id: str | None = None,
+              trial_number: int | str | None = None, evaluate_test: bool = True, entry: str | None = None,
+              run_id: str | None = None, checkpoint_dir: Path | None = None,
+              on_run_started: Callable[[str], None] | None = None,
+              on_evaluate: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+    """Train `cfg.method` on `cfg.task`, evaluate, record everything; return the final metrics.
+
+    `run_id`: continue this MLflow run (a resumed trial) instead of starting one; with
+    `checkpoint_dir` the training state is saved there every `train.checkpoint_every` steps and
+    training continues from the latest checkpoint found there. A stop request (SIGUSR2, SIGTERM;
+    see bench.interrupt) ends the run KILLED after its next checkpoint and raises `Interrupted`.
+    `on_run_started` gets the run's id as soon as it exists. `on_evaluate(step, metrics)` is called
+    after each validation during training (a sweep's pruner, bench/pruning.py); when it raises
+    `Pruned`, the run ends KILLED, tagged `pruned=true` and `pruned_step`, and `Pruned` is raised.
+    """
+    started = time.monotonic()
+    experiment_id = tracking.ensure_experiment(cfg)
+    name = f"{entry or cfg.method}-seed{cfg.seed}" + (
+        "" if trial_number is None else f"-trial{trial_number}" if isinstance(trial_number, int) else f"-{trial_number}")
+    if run_id is None:
+        tags = run_tags(cfg, stage, trial_number, entry)
+        if parent_run_id:
+            # The tag (not start_run(nested=True)) is what makes a child across processes.
+            tags["mlflow.parentRunId"] = parent_run_id
+        mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}-{name}", tags=tags,
+                         log_system_metrics=cfg.system_metrics)
+        mlflow.log_params({key: "null" if value is None else value for key, value in flatten(cfg).items()})
+    else:
+        mlflow.start_run(run_id=run_id, log_system_metrics=cfg.system_metrics)  # status back to RUNNING
+        mlflow.set_tags({"resumed": "true", "hostname": socket.gethostname()})
+    run_id = mlflow.active_run().info.run_id
+    if on_run_started is not None:
+        on_run_started(run_id)
+    try:
+        if cfg.trainer.num_processes > 1 and getattr(method_module(cfg.method), "TRAINS", True):
+            if on_evaluate is not None:  # plan_sweep refuses a pruner with several processes
+                raise ValueError("on_evaluate needs the run's evaluations in this process (trainer.num_processes=1)")
+            metrics = train_in_processes(cfg, train_and_evaluate, run_id=run_id, name=name, evaluate_test=evaluate_test,
+                                         leave_bar=stage == "single", checkpoint_dir=checkpoint_dir)
+        else:
+            checkpoints = None if checkpoint_dir is None else StoppingCheckpointer(checkpoint_dir, cfg.train.checkpoint_every)
+            metrics = train_and_evaluate(cfg, name, evaluate_test=evaluate_test, leave_bar=stage == "single",
+                                         checkpoints=checkpoints, log=tracking.RunLog(run_id), on_evaluate=on_evaluate)
+        metrics["wall_time_s"] = time.monotonic() - started
+        mlflow.log_metric("wall_time_s", metrics["wall_time_s"], step=int(metrics.get("train_steps") or cfg.train.steps))
+    except Pruned as pruned:
+        # KILLED, not FINISHED: the run stopped before its budget and has no final evaluation, so
+        # a search for FINISHED runs still finds only whole ones (as for an interrupted run, which
+        # carries `interrupted` instead of `pruned`); not FAILED: nothing went wrong.
+        mlflow.set_tags({"pruned": "true", "pruned_step": str(pruned.step)})
+        mlflow.log_metric("wall_time_s", time.monotonic() - started, step=pruned.step)
+        mlflow.end_run(status="KILLED")
+        raise
+    except (KeyboardInterrupt, Interrupted) as stop:
+        mlflow.set_tag("interrupted", getattr(stop, "reason", "keyboard"))
+        mlflow.end_run(status="KILLED")
+        raise
+    except Exception as err:
+        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.log_text(traceback.format_exc(), "error.txt")
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+    return metrics
 
 
 def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_bar: bool,
@@ -144,9 +236,12 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
     train_tokens = parallel.mean({"tokens": engine.forward_tokens - spent["eval_tokens"]})["tokens"] * parallel.world
     if not parallel.is_main:
         return {}
+    # The final numbers sit at the last step the method ran (SFT may stop before train.steps);
+    # a method that does not train records them at train.steps.
+    final_step = ctx.steps_done or cfg.train.steps
     metrics = {"train_time_s": train_time_s, "train_forward_tokens": train_tokens,
-               "train_device_s": (train_time_s - spent["eval_s"]) * parallel.world}
-    log.metrics(metrics, cfg.train.steps)
+               "train_device_s": (train_time_s - spent["eval_s"]) * parallel.world, "train_steps": ctx.steps_done}
+    log.metrics(metrics, final_step)
     if not policy.adapter_is_identity():
         # The trained policy, for `method=best_of_n method.policy=<this run's id>` and for users.
         with tempfile.TemporaryDirectory() as folder:
@@ -159,18 +254,18 @@ def train_and_evaluate(cfg: RunConfig, name: str, *, evaluate_test: bool, leave_
     if tests:  # the test splits as the task declares them, for the leaderboard's columns
         log.tags({"test_splits": ",".join(s.name for s in tests),
                   "test_splits_ood": ",".join(s.name for s in tests if not s.in_distribution)})
-    results = run_eval(splits, cfg.train.steps, records=tuple(s.name for s in tests))
+    results = run_eval(splits, final_step, records=tuple(s.name for s in tests))
     metrics |= _prefixed(results)
     for kind, in_distribution in (("test_id", True), ("test_ood", False)):
         chosen = [(len(splits[s.name]), results[s.name]) for s in tests if s.in_distribution == in_distribution]
         if chosen:
             aggregate = {f"{kind}/{key}": value for key, value in _weighted_means(chosen).items()}
             aggregate[f"{kind}/queries"] = float(sum(n for n, _ in chosen))
-            log.metrics(aggregate, cfg.train.steps)
+            log.metrics(aggregate, final_step)
             metrics |= aggregate
     compute = {"eval_forward_tokens": spent["eval_tokens"], "eval_device_s": spent["eval_s"],
                "total_forward_tokens": train_tokens + spent["eval_tokens"]}
-    log.metrics(compute, cfg.train.steps)
+    log.metrics(compute, final_step)
     return metrics | compute
 
 

@@ -2,7 +2,7 @@
 
 A sweep starts K workers (local subprocesses, or a SLURM array of K tasks) sharing its folder. Each
 re-plans the sweep from its command line, claims a trial under the claims lock, runs it as an
-MLflow run (bench/trial.py) with a heartbeat, and tells the study how it ended: completed,
+MLflow run (bench/training.py) with a heartbeat, and tells the study how it ended: completed,
 pruned, failed (counted) or interrupted (handed back for a retry from its checkpoint).
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Worker(submitit.helpers.Checkpointable):
     def _run(self, plan, method, study: optuna.Study, trial: optuna.Trial, live: Liveness, uri: str) -> str:
         """Run one claimed trial and tell the study how it ended; returns the outcome's name."""
         from bench.pruning import Pruned, reporter
-        from bench.trial import run_trial
+        from bench.training import run_trial
 
         attrs = trial.user_attrs
         line = int(attrs.get(LINEAGE, trial.number))

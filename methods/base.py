@@ -53,6 +53,9 @@ class TrainContext:
     """The processes this run trains with (`trainer.num_processes`). With several, `train` is this
     process's share (`batch_prompts` divided among them) and `seed` its own; the method calls
     `parallel.sync` before its first step and `parallel.average_gradients` before clipping."""
+    steps_done: int = field(default=0, init=False)
+    """Optimizer steps done so far (set by `resume` and `end_step`): after `train`, the steps the
+    method ran, which `train.steps` only caps for a method with its own budget (SFT's epochs)."""
 
     def resume(self, state: dict[str, Stateful]) -> int:
         """Restore the latest checkpoint into the policy, `state` (the objects that carry the
@@ -65,7 +68,8 @@ class TrainContext:
             restore_state(self.policy, state, saved["state"])
         except CheckpointError as err:
             raise CheckpointError(f"checkpoint {self.checkpoints.path} does not fit this run: {err}; {WHAT_TO_DO}") from None
-        return saved["step"] + 1
+        self.steps_done = saved["step"] + 1
+        return self.steps_done
 
     def end_step(self, step: int, metrics: dict[str, float], state: dict[str, Stateful], *,
                  samples: tuple[list[Example], Trajectories, torch.Tensor] | None = None,
@@ -78,6 +82,7 @@ class TrainContext:
         step's metrics and evaluation, so a resumed run repeats and skips none."""
         steps = self.train.steps if steps is None else steps
         eval_every = self.train.eval_every if eval_every is None else eval_every
+        self.steps_done = step + 1
         self.log_metrics(metrics, step)
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
             self.evaluate(step + 1)

@@ -308,7 +308,7 @@ def test_methods_arithmetic_sweep_runs_every_method():
 def test_best_of_n_samples_from_the_adapter_a_tracked_run_saved(tmp_path, monkeypatch):
     """`method.policy=<run id>`: the adapter trained by an SFT run is the one best-of-N loads."""
     from bench.config import build_config
-    from bench.trial import run_trial
+    from bench.training import run_trial
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
     small = {"model": "tiny", "scale": "smoke", "run_dir": str(tmp_path), "system_metrics": "false",
@@ -328,3 +328,22 @@ def test_best_of_n_samples_from_the_adapter_a_tracked_run_saved(tmp_path, monkey
         run_trial(build_config([(None, {**small, "method": "best_of_n", "method.policy": runs["prompting"]})]))
     with pytest.raises(ModelError, match="neither a folder nor an MLflow run id"):
         run_trial(build_config([(None, {**small, "method": "best_of_n", "method.policy": "nope"})]))
+
+
+def test_sft_final_evaluation_is_recorded_at_the_steps_sft_ran_not_at_train_steps(tmp_path, monkeypatch):
+    """`train.steps` only caps SFT: with 4 demonstrations, batch 4 and 2 epochs it runs 2 steps, so its
+    final validation and test metrics belong at step 2 of the learning curve, not at train.steps=20."""
+    from bench.config import build_config
+    from bench.training import run_trial
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    cfg = build_config([(None, {"model": "tiny", "scale": "smoke", "run_dir": str(tmp_path), "system_metrics": "false",
+                                "method": "sft", "train.steps": "20", "method.epochs": "2", "method.batch_size": "4",
+                                "method.eval_every_epochs": "0", "task.n_demos": "4", "task.n_train": "8",
+                                "task.n_valid": "2", "task.n_test": "2", "task.max_actions": "8"})])
+    ids = []
+    run_trial(cfg, on_run_started=ids.append)
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(ids[0], "train/loss")] == [0, 1]
+    for key in ("valid/accuracy", "train_time_s", "total_forward_tokens", "wall_time_s"):
+        assert [m.step for m in client.get_metric_history(ids[0], key)] == [2], key

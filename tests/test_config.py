@@ -11,7 +11,7 @@ from bench.run_config import RunConfig
 from bench.scales import SCALES
 from bench.sweep_file import load_spec
 from bench.sweep_plan import plan_sweep
-from bench.values import ConfigError
+from bench.errors import ConfigError
 from methods import METHODS, method_module
 from tasks import TASKS, task_class
 

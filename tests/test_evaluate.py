@@ -21,7 +21,7 @@ SMALL = {"model": "tiny", "scale": "smoke", "system_metrics": "false", "threads"
 def trained(tmp_path_factory):
     """(store folder, run id, its logged metrics) of a gfn_tb run of the tiny model, a final of sweep `demo`."""
     from bench.config import build_config
-    from bench.trial import run_trial
+    from bench.training import run_trial
 
     folder = tmp_path_factory.mktemp("store")
     with pytest.MonkeyPatch.context() as patch:
@@ -79,7 +79,7 @@ def test_re_evaluation_reproduces_the_runs_own_test_metrics(store, capsys):
 def test_a_prompting_run_is_re_evaluated_with_its_own_prompts_and_decoding(store):
     """The evaluated engine comes from the method's declarations (`method_engine`), not from its train."""
     from bench.config import build_config
-    from bench.trial import run_trial
+    from bench.training import run_trial
 
     folder = store[0]
     cfg = build_config([(None, {**SMALL, "method": "prompting", "method.shots": "2", "method.decoding": "greedy",

@@ -23,7 +23,7 @@ import torch
 from bench.config import build_config
 from bench.interrupt import StoppingCheckpointer
 from bench.parallel import RankCheckpointer
-from bench.values import ConfigError
+from bench.errors import ConfigError
 from methods.checkpoint import Checkpointer, CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ DRIVER = textwrap.dedent("""
     from pathlib import Path
     from bench.config import build_config, parse_overrides
     from bench.interrupt import Interrupted, StopRequest
-    from bench.trial import run_trial
+    from bench.training import run_trial
 
     cfg = build_config([(None, parse_overrides(sys.argv[2:]))])
     StopRequest.install()

@@ -23,7 +23,7 @@ import bench.sweep
 import bench.training
 from bench.sweep import run_sweep
 from bench.sweep_plan import plan_sweep
-from bench.values import ConfigError
+from bench.errors import ConfigError
 from methods import METHODS
 from methods.base import TrainContext
 from methods.engine.evaluate import EvalResult

@@ -362,7 +362,7 @@ def test_a_run_keeps_every_test_querys_result_for_the_report(store, tmp_path):
     """Two final runs of a tiny model: their records hold each query, and each metric's per-query
     values average to the logged split metric."""
     from bench.config import build_config
-    from bench.trial import run_trial
+    from bench.training import run_trial
 
     client, experiment_id = store
     parent = add_parent(client, experiment_id)

@@ -18,7 +18,7 @@ import bench.config
 import bench.sweep
 from bench.sweep import run_sweep
 from bench.sweep_plan import plan_sweep
-from bench.values import ConfigError
+from bench.errors import ConfigError
 from methods import METHODS
 from methods.base import TrainContext
 from tests.test_faults import needs_slurm

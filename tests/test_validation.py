@@ -20,7 +20,7 @@ from bench.config import Range, build_config, check_setting, parse_overrides, sl
 from bench.launch import profile_names
 from bench.run_config import RunConfig
 from bench.scales import SCALES
-from bench.values import ConfigError
+from bench.errors import ConfigError
 from methods import METHODS, method_module
 from tasks import TASKS, task_class
 
