@@ -31,12 +31,16 @@ class Band:
 
 
 def metric_histories(client: mlflow.MlflowClient, run_ids: dict[str, list[str]]) -> Histories:
-    """label -> metric -> one (step, value) series per run, for the metrics of CURVES."""
+    """label -> metric -> one (step, value) series per run, for the metrics of CURVES. A run that
+    logged a metric twice at one step (SFT validates its last adapter at its last step, where the
+    harness then records the final evaluation of the adapter it kept) counts once, with the value
+    logged last, as MLflow's own latest value does."""
     out: Histories = {}
     for label, ids in run_ids.items():
         for run_id in ids:
             for metric, _ in CURVES:
-                series = sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+                history = sorted(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp))
+                series = sorted({m.step: m.value for m in history}.items())
                 if series:
                     out.setdefault(label, {}).setdefault(metric, []).append(series)
     return out

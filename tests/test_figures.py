@@ -117,3 +117,19 @@ def test_figures_are_written_as_png_and_pdf_and_logged_to_the_parent_run(sweep, 
         assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
     logged = sorted(a.path for a in client.list_artifacts(parent, figures.FIGURES_ARTIFACT))
     assert logged == sorted(f"figures/{stem}.{ext}" for stem in ("learning_curves", "compute", "tradeoff") for ext in ("png", "pdf"))
+
+
+def test_a_run_with_two_values_at_one_step_counts_once_with_its_last_value(tmp_path):
+    """SFT validates its last adapter at its last step, then the harness records the final evaluation
+    of the adapter it kept at the same step: the curve shows that final value, from one run, not a
+    mean of both counted as two runs."""
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    experiment = client.create_experiment("demo", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(experiment).info.run_id
+    client.log_metric(run, "valid/accuracy", 0.2, step=2, timestamp=1000)
+    client.log_metric(run, "valid/accuracy", 0.9, step=2, timestamp=2000)
+    client.log_metric(run, "valid/accuracy", 0.1, step=1, timestamp=500)
+    histories = figures.metric_histories(client, {"sft": [run]})
+    assert histories["sft"]["valid/accuracy"] == [[(1, 0.1), (2, 0.9)]]
+    band = figures.bands(histories)["valid/accuracy"]["sft"]
+    assert (band.steps, band.mean, band.runs) == ([1, 2], [0.1, 0.9], [1, 1])
