@@ -37,6 +37,8 @@ def run_sweep(plan: SweepPlan) -> int:
     tuned entry (trials > 0) has no completed trial or a final run failed."""
     cfg = plan.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from us
+    # Other settings (another task, scale, budget; or a setting a newer version added) start other studies: say which.
+    print(f"studies: {plan.folder}" + ("" if plan.storage_path.exists() else " (new: none with these settings yet)"))
     repaired = journal.repair_journal(plan.storage_path)  # before anything is appended to it
     if repaired:
         print(f"warning: {repaired}", file=sys.stderr)
