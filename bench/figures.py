@@ -125,12 +125,11 @@ def save(fig, folder: Path, stem: str) -> list[Path]:
     return paths
 
 
-def write_figures(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str, results_dir: Path,
-                  sweep: str) -> list[Path]:
-    """Every figure the sweep's final runs allow, written and logged to the parent run; their PNGs."""
+def write_figures(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str, out: Path) -> list[Path]:
+    """Every figure the sweep's final runs allow, written to the folder `out` and logged to the parent run; their PNGs."""
     parent = client.get_run(parent_run_id).data.tags
     task = parent.get("task", "?")
-    title = f"{sweep} (scale {parent.get('scale', '?')}, task {task})"
+    title = f"{parent.get('sweep', '?')} (scale {parent.get('scale', '?')}, task {task})"
     runs = final_runs(client, experiment_id, parent_run_id)
     finals = {entry: [dict(run.data.metrics) for run in found] for entry, found in runs.items()}
     run_ids = {entry: [run.info.run_id for run in found] for entry, found in runs.items()}
@@ -140,7 +139,7 @@ def write_figures(client: mlflow.MlflowClient, experiment_id: str, parent_run_id
     written = []
     for stem, fig in figures.items():
         if fig is not None:
-            paths = save(fig, results_dir / sweep, stem)
+            paths = save(fig, out, stem)
             for path in paths:
                 client.log_artifact(parent_run_id, str(path), FIGURES_ARTIFACT)
             written.append(paths[0])

@@ -1,12 +1,16 @@
 """The sweep folder's shared store: the Optuna journal, the claims lock, heartbeats and trial lineage.
 
-A sweep starts K workers (local subprocesses, or a SLURM array of K tasks) that share the
-sweep folder, `<run_dir>/<sweep>/` (bench/worker.py runs the trials):
+A sweep keeps one folder of studies per set of fixed settings, `<run_dir>/<sweep>/<task>-<hash>/`
+(bench/sweep_plan.py: study_folder; a store of the old layout, `<run_dir>/<sweep>/optuna.journal`,
+is continued where it is). A sweep starts K workers (local subprocesses, or a SLURM array of K
+tasks) that share that folder (bench/worker.py runs the trials):
 
     optuna.journal          the studies (Optuna's journal file storage: safe on NFS)
     claims.lock             a lock around "is there room for one more trial? then ask one"
     heartbeats/<study>.<n>  touched every `heartbeat_s` by the worker running trial n
     trials/<entry>/<lineage>/checkpoint/   the checkpoints of a trial and of its retries (removed if it is pruned)
+    finals/<parent run>/<entry>-seed<n>/   the final runs' checkpoints and MLflow run ids
+    jobs.json, submitit/    the workers started (for bench.status) and their logs
 
 A trial whose heartbeat is older than `stale_after_s` (its worker was killed, or its node died) is
 closed as FAIL and re-enqueued with the same parameters; the retry continues the original's
@@ -35,6 +39,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 
 ERROR, LINEAGE, RUN_ID, RETRY_OF = "error", "lineage", "mlflow_run_id", "retry_of"
+JOURNAL = "optuna.journal"
+
+
+def study_folders(sweep_folder: Path) -> list[Path]:
+    """A sweep's folders of studies: one per set of settings, and the sweep folder itself when it
+    holds a store of the old layout."""
+    old = [sweep_folder] if (sweep_folder / JOURNAL).is_file() else []
+    return old + sorted(p for p in sweep_folder.iterdir() if (p / JOURNAL).is_file()) if sweep_folder.is_dir() else []
+
+
+def label(folder: Path, sweep_folder: Path) -> str:
+    """A folder of studies as its sweep's folder lists it: `<task>-<hash>`, or `(old layout)`."""
+    return "(old layout)" if folder == sweep_folder else folder.name
 
 
 @dataclass(frozen=True)

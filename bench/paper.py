@@ -91,13 +91,15 @@ class Found:
 
 
 def invocations(client: mlflow.MlflowClient, sweep: str) -> list[str]:
-    """The sweep's parent runs, latest first; [] when the sweep was never run in this store."""
+    """The sweep's parent runs on its own task, latest first; [] when the sweep was never run in this store."""
     experiment = client.get_experiment_by_name(sweep)
     if experiment is None:
         return []
+    # A run on another task than the sweep file's has its results below `<sweep>/` (runs recorded before the tag had none).
     return [r.info.run_id for r in client.search_runs(
         [experiment.experiment_id], max_results=1000, order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.sweep = '{sweep}' and tags.stage = 'sweep'")]
+        filter_string=f"tags.sweep = '{sweep}' and tags.stage = 'sweep'")
+        if r.data.tags.get("results_folder", sweep) == sweep]
 
 
 def read_invocation(client: mlflow.MlflowClient, parent_id: str) -> Found | None:

@@ -1,7 +1,9 @@
-"""The leaderboard of a sweep, rebuilt from MLflow alone: `python -m bench.report sweep=NAME`.
+"""The leaderboard of a sweep, rebuilt from MLflow alone: `python -m bench.report sweep=NAME [task=T]`.
 
 It reads the sweep's final runs (tags `stage=final`, children of one sweep parent run; by default
-the latest) and writes `<results_dir>/<sweep>/leaderboard.md`, `leaderboard.tex` (booktabs
+the latest, on `task` when given) and writes, in the parent run's results folder (tag
+`results_folder`: `<sweep>`, or `<sweep>/<task>` for a task other than the sweep file's own)
+under `results_dir`, `leaderboard.md`, `leaderboard.tex` (booktabs
 tables), `leaderboard.csv` (tidy: one row per entry × split × metric) and its figures
 (bench/figures.py). `compare=A,B` writes instead `compare_A_vs_B.{md,csv}`: two entries query by
 query on every test split.
@@ -33,13 +35,22 @@ NO_RECORDS = ("[—]: no per-query results (`eval/<split>.jsonl`; runs recorded 
               "so no interval.")
 
 
-def latest_parent_run(client: mlflow.MlflowClient, experiment_id: str, sweep: str) -> str:
-    runs = client.search_runs([experiment_id], max_results=1,
-                              filter_string=f"tags.sweep = '{sweep}' and tags.stage = 'sweep'",
-                              order_by=["attributes.start_time DESC"])
+def latest_parent_run(client: mlflow.MlflowClient, experiment_id: str, sweep: str, task: str | None = None) -> str:
+    """The sweep's latest parent run (on `task`, when given)."""
+    where = f"tags.sweep = '{sweep}' and tags.stage = 'sweep'" + (f" and tags.task = '{task}'" if task else "")
+    runs = client.search_runs([experiment_id], max_results=1, filter_string=where, order_by=["attributes.start_time DESC"])
     if not runs:
-        raise ReportError(f"no sweep run of {sweep!r} in experiment {experiment_id}")
+        tasks = sweep_tasks(client, experiment_id, sweep)
+        raise ReportError(f"no sweep run of {sweep!r}" + (f" on task {task!r}" if task else "") + f" in experiment "
+                          f"{experiment_id}" + (f"; it was run on: {', '.join(tasks)}" if tasks else ""))
     return runs[0].info.run_id
+
+
+def sweep_tasks(client: mlflow.MlflowClient, experiment_id: str, sweep: str) -> list[str]:
+    """The tasks the sweep was run on, the latest first."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.sweep = '{sweep}' and tags.stage = 'sweep'",
+                              order_by=["attributes.start_time DESC"])
+    return list(dict.fromkeys(run.data.tags.get("task", "?") for run in runs))
 
 
 def _stat(by_key: dict, key: tuple[str, str, str], with_interval: bool) -> Stat:
@@ -102,7 +113,8 @@ def _provenance(parent) -> str:
     started = datetime.fromtimestamp(parent.info.start_time / 1000, tz=timezone.utc)
     sha = tags.get("git_sha", "unknown") + (" (uncommitted changes)" if tags.get("git_dirty") == "true" else "")
     version = f" version {tags['task_version']}" if tags.get("task_version") else ""  # none before it was tagged
-    return (f"sweep `{tags.get('sweep', '')}`, scale `{tags.get('scale', '')}`, task `{tags.get('task', '')}`{version}, "
+    folder = f", settings folder `{tags['settings_folder']}`" if tags.get("settings_folder") else ""  # idem
+    return (f"sweep `{tags.get('sweep', '')}`, scale `{tags.get('scale', '')}`, task `{tags.get('task', '')}`{version}{folder}, "
             f"model `{tags.get('model', '')}`; code {sha}; run {started:%Y-%m-%d %H:%M} UTC; "
             f"MLflow parent run `{parent.info.run_id}`; report generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
 
@@ -160,9 +172,9 @@ def build_leaderboard(client: mlflow.MlflowClient, experiment_id: str, parent_ru
     return board
 
 
-def write_leaderboard(board: Leaderboard, results_dir: Path, sweep: str) -> Path:
-    """`leaderboard.md`, `.tex` and `.csv` under `<results_dir>/<sweep>/`; returns the Markdown's path."""
-    path = results_dir / sweep / "leaderboard.md"
+def write_leaderboard(board: Leaderboard, out: Path) -> Path:
+    """`leaderboard.md`, `.tex` and `.csv` in the folder `out`; returns the Markdown's path."""
+    path = out / "leaderboard.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(board.markdown, encoding="utf-8")
     path.with_suffix(".tex").write_text(board.latex, encoding="utf-8")
@@ -170,15 +182,15 @@ def write_leaderboard(board: Leaderboard, results_dir: Path, sweep: str) -> Path
     return path
 
 
-def kept_message(results_dir: Path, sweep: str, parent_run_id: str) -> str:
+def kept_message(out: Path, parent_run_id: str) -> str:
     """Why no leaderboard was written: one built from no finished final run would replace the last good one."""
-    path = results_dir / sweep / "leaderboard.md"
+    path = out / "leaderboard.md"
     return (f"leaderboard not written: no final run of sweep run {parent_run_id} finished; "
             + (f"{path} keeps the previous one" if path.exists() else "there is none yet"))
 
 
 def main(argv: list[str]) -> int:
-    """`sweep=NAME [run_dir=...] [results_dir=...] [parent_run_id=...] [compare=A,B [metric=NAME]]`;
+    """`sweep=NAME [task=T] [run_dir=...] [results_dir=...] [parent_run_id=...] [compare=A,B [metric=NAME]]`;
     the sweep's YAML file is not needed, only its MLflow store. `paper [run_dir=...] [results_dir=...]`:
     the paper's tables (bench/paper.py)."""
     if argv[:1] == ["paper"]:
@@ -188,10 +200,10 @@ def main(argv: list[str]) -> int:
     try:
         overrides = parse_overrides(argv)
         for key in overrides:
-            check_choice("key", key, ["sweep", "run_dir", "results_dir", "parent_run_id", "compare", "metric"])
+            check_choice("key", key, ["sweep", "task", "run_dir", "results_dir", "parent_run_id", "compare", "metric"])
         if "sweep" not in overrides:
             raise ConfigError("sweep=NAME is required")
-        sweep, parent_id = overrides.pop("sweep"), overrides.pop("parent_run_id", None)
+        sweep, parent_id, task = overrides.pop("sweep"), overrides.pop("parent_run_id", None), overrides.pop("task", None)
         pair, metric = overrides.pop("compare", None), overrides.pop("metric", None)
         if metric is not None and pair is None:
             raise ConfigError("metric= only goes with compare=A,B")
@@ -202,7 +214,6 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     uri = tracking.tracking_uri(cfg.run_dir)
-    out = Path(cfg.results_dir) / sweep
     try:
         if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
             raise ReportError(f"no MLflow store at {uri}; pass the sweep's run_dir=")
@@ -211,7 +222,13 @@ def main(argv: list[str]) -> int:
         if experiment is None:
             raise ReportError(f"no experiment {sweep!r} in {uri}")
         client = mlflow.MlflowClient(uri)
-        parent_id = parent_id or latest_parent_run(client, experiment.experiment_id, sweep)
+        if parent_id is None:
+            parent_id = latest_parent_run(client, experiment.experiment_id, sweep, task)
+            tasks = [] if task else sweep_tasks(client, experiment.experiment_id, sweep)
+            if len(tasks) > 1:
+                print(f"report: the latest run of sweep {sweep}, on task {tasks[0]}; also run on: "
+                      f"{', '.join(tasks[1:])} (choose with task=)")
+        out = Path(cfg.results_dir) / client.get_run(parent_id).data.tags.get("results_folder", sweep)
         board = build_leaderboard(client, experiment.experiment_id, parent_id)
         if pair is not None:
             a, b = pair.split(",")
@@ -226,12 +243,12 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not board.runs:
-        print(f"error: {kept_message(Path(cfg.results_dir), sweep, parent_id)}", file=sys.stderr)
+        print(f"error: {kept_message(out, parent_id)}", file=sys.stderr)
         return 1
-    path = write_leaderboard(board, Path(cfg.results_dir), sweep)
+    path = write_leaderboard(board, out)
     print(board.markdown)
     print(f"leaderboard: {path} (and .tex, .csv)")
-    for figure in write_figures(client, experiment.experiment_id, parent_id, Path(cfg.results_dir), sweep):
+    for figure in write_figures(client, experiment.experiment_id, parent_id, out):
         print(f"figure: {figure} (and .pdf)")
     return 0
 

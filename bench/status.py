@@ -1,8 +1,10 @@
-"""Where a sweep stands: `python -m bench.status sweep=NAME [run_dir=...]`.
+"""Where a sweep stands: `python -m bench.status sweep=NAME [task=T] [run_dir=...]`.
 
-Reads only what the sweep left on disk and in MLflow (it needs no YAML and starts nothing):
-its trials by state for each entry, the running ones with the age of their heartbeat, the
-workers it started and whether they are still alive, and where its MLflow runs are.
+Reads only what the sweep left on disk and in MLflow (it needs no YAML and starts nothing). For
+each folder of studies of the sweep (one per set of fixed settings, `<run_dir>/<sweep>/<task>-<hash>/`;
+with `task=`, those of that task): its trials by state for each entry, the running ones with the
+age of their heartbeat, the workers it started and whether they are still alive, and its latest
+MLflow sweep run; then where the MLflow runs are.
 """
 from __future__ import annotations
 
@@ -37,67 +39,88 @@ def _job_states(jobs: list[dict]) -> dict[str, str]:
     return states
 
 
-def describe(sweep: str, run_dir: Path) -> str:
+def describe(sweep: str, run_dir: Path, task: str | None = None) -> str:
     # Imported here, not at the top: a mistake on the command line is answered without them.
     import mlflow
-    import optuna
 
     from bench import journal as sweep_store, tracking
 
-    folder = run_dir / sweep
-    journal = folder / "optuna.journal"
-    if not journal.exists():
-        raise FileNotFoundError(f"no sweep {sweep!r} in {run_dir} (no {journal}); pass the sweep's run_dir=")
+    sweep_folder = run_dir / sweep
+    folders = sweep_store.study_folders(sweep_folder)
+    if not folders:
+        raise FileNotFoundError(f"no sweep {sweep!r} in {run_dir} (no {sweep_folder}/<task>-<hash>/"
+                                f"{sweep_store.JOURNAL}); pass the sweep's run_dir=")
+    labels = [sweep_store.label(f, sweep_folder) for f in folders]
+    # A store of the old layout does not say its task in its name: it is always shown.
+    chosen = [f for f, name in zip(folders, labels) if task is None or f == sweep_folder or name.rsplit("-", 1)[0] == task]
+    if not chosen:
+        raise FileNotFoundError(f"sweep {sweep!r} was not run on task {task!r} in {run_dir} "
+                                f"(its settings folders: {', '.join(labels)})")
+    uri = tracking.tracking_uri(str(run_dir))
+    lines = [f"sweep {sweep}: {sweep_folder}"]
+    for folder in chosen:
+        lines.append(f"  settings {sweep_store.label(folder, sweep_folder)}: {folder}")
+        lines += ["    " + line for line in _studies(sweep, folder)]
+        try:
+            mlflow.set_tracking_uri(uri)
+            tagged = "" if folder == sweep_folder else f" and tags.settings_folder = '{sweep}/{folder.name}'"
+            parents = mlflow.search_runs(experiment_names=[sweep], max_results=1, order_by=["attributes.start_time DESC"],
+                                         filter_string="tags.stage = 'sweep'" + tagged)
+            if not parents.empty:
+                lines.append(f"    latest sweep run {parents.loc[0, 'run_id']}: {parents.loc[0, 'status']}")
+        except Exception as err:  # the store may be a server that is down: say so, show the rest
+            lines.append(f"    (cannot read the store: {type(err).__name__}: {err})")
+    lines.append(f"  MLflow: {uri}, experiment {sweep!r}")
+    lines.append(f"    {tracking.ui_hint(uri)}")
+    return "\n".join(lines)
+
+
+def _studies(sweep: str, folder: Path) -> list[str]:
+    """One folder of studies: each entry's trials by state, the running ones, the workers."""
+    import optuna
+
+    from bench import journal as sweep_store
+
+    journal = folder / sweep_store.JOURNAL
     try:
         sweep_store.check_journal(journal)
     except sweep_store.JournalError as err:
         raise ConfigError(str(err)) from None
     store = sweep_store.storage(journal)
-    lines = [f"sweep {sweep}: {folder}"]
+    lines = []
     now = time.time()
     for name in sorted(n for n in optuna.get_all_study_names(store) if n.startswith(f"{sweep}.")):
         trials = optuna.load_study(study_name=name, storage=store).get_trials(deepcopy=False)
         states = Counter(t.state.name for t in trials)
         interrupted = sum(1 for t in trials if t.state.name == "FAIL" and sweep_store.ERROR not in t.user_attrs)
         summary = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
-        lines.append(f"  {name.removeprefix(sweep + '.')}: {summary or 'no trials'}"
+        lines.append(f"{name.removeprefix(sweep + '.')}: {summary or 'no trials'}"
                      + (f" ({interrupted} of the FAIL interrupted and retried)" if interrupted else ""))
         for t in trials:
             if t.state.name == "RUNNING":
                 beat = folder / "heartbeats" / f"{name}.{t.number}"
                 age = f"heartbeat {now - beat.stat().st_mtime:.0f} s ago" if beat.exists() else "no heartbeat"
-                lines.append(f"    trial {t.user_attrs.get(sweep_store.LINEAGE, t.number)} running, {age}, "
+                lines.append(f"  trial {t.user_attrs.get(sweep_store.LINEAGE, t.number)} running, {age}, "
                              f"MLflow run {t.user_attrs.get(sweep_store.RUN_ID, '?')}")
     jobs_file = folder / "jobs.json"
     jobs = json.loads(jobs_file.read_text()) if jobs_file.exists() else []
     states = _job_states(jobs)
     live = [job for job in jobs if states.get(job["job_id"]) not in ("ended", None)]
-    lines.append(f"  workers: {len(jobs)} started, {len(live)} alive")
-    lines += [f"    {job['launcher']} job {job['job_id']}: {states[job['job_id']]} (log {job['log']})" for job in live]
-    uri = tracking.tracking_uri(str(run_dir))
-    lines.append(f"  MLflow: {uri}, experiment {sweep!r}")
-    try:
-        mlflow.set_tracking_uri(uri)
-        parents = mlflow.search_runs(experiment_names=[sweep], max_results=1, order_by=["attributes.start_time DESC"],
-                                     filter_string="tags.stage = 'sweep'")
-        if not parents.empty:
-            lines.append(f"    latest sweep run {parents.loc[0, 'run_id']}: {parents.loc[0, 'status']}")
-    except Exception as err:  # the store may be a server that is down: say so, show the rest
-        lines.append(f"    (cannot read the store: {type(err).__name__}: {err})")
-    lines.append(f"    {tracking.ui_hint(uri)}")
-    return "\n".join(lines)
+    lines.append(f"workers: {len(jobs)} started, {len(live)} alive")
+    lines += [f"  {job['launcher']} job {job['job_id']}: {states[job['job_id']]} (log {job['log']})" for job in live]
+    return lines
 
 
 def main(argv: list[str]) -> int:
     try:
         overrides = parse_overrides(argv)
         for key in overrides:
-            check_choice("key", key, ["sweep", "run_dir"])
+            check_choice("key", key, ["sweep", "task", "run_dir"])
         if "sweep" not in overrides:
             raise ConfigError("sweep=NAME is required")
-        sweep = overrides.pop("sweep")
+        sweep, task = overrides.pop("sweep"), overrides.pop("task", None)
         cfg = build_config([(None, overrides)])
-        print(describe(sweep, Path(cfg.run_dir)))
+        print(describe(sweep, Path(cfg.run_dir), task))
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,13 +1,14 @@
 """The sweep's driver: tune each entry with Optuna workers, then run its finals and write the leaderboard.
 
 The sweep file, `sweeps/<name>.yaml`, is read and checked by bench/sweep_file.py (its format is
-described there). Each entry has its own study `<sweep>.<entry>`, kept in `<run_dir>/<sweep>/optuna.journal`.
+described there). Each entry has its own study `<sweep>.<entry>`, kept in the folder of the sweep's
+fixed settings, `<run_dir>/<sweep>/<task>-<hash>/optuna.journal` (bench/sweep_plan.py: study_folder).
 Trials are pulled from the studies by `max_parallel` workers (bench/worker.py: local subprocesses
 or one SLURM job array) until each entry's budget is spent; a trial whose worker died or was
 preempted is retried from its checkpoint, in the same MLflow run. Running the same command again
 continues the sweep: finished trials count towards `trials`, open ones are retried, and the
 finals are run again (a final cut off by a time limit continues from its checkpoint). One driver
-per sweep folder at a time. MLflow runs of trials and finals are children of one parent run per
+per folder of studies at a time. MLflow runs of trials and finals are children of one parent run per
 invocation.
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ def run_sweep(plan: SweepPlan) -> int:
     tuned entry (trials > 0) has no completed trial or a final run failed."""
     cfg = plan.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from us
+    # Other settings (another task, scale, budget; or a setting a newer version added) start other studies: say which.
+    print(f"studies: {plan.folder}" + ("" if plan.storage_path.exists() else " (new: none with these settings yet)"))
     repaired = journal.repair_journal(plan.storage_path)  # before anything is appended to it
     if repaired:
         print(f"warning: {repaired}", file=sys.stderr)
@@ -59,6 +62,8 @@ def _run_sweep(plan: SweepPlan) -> int:
         "model": cfg.model.name or cfg.model.gguf or cfg.model.preset, "launcher": cfg.launcher,
         "git_sha": sha, "git_dirty": str(dirty).lower(),
         "overrides": " ".join(f"{k}={v}" for k, v in plan.overrides.items()),
+        # For bench.status and bench.report: the folder of its studies, below run_dir, and of its results.
+        "settings_folder": plan.folder.relative_to(cfg.run_dir).as_posix(), "results_folder": plan.results_folder,
     })
     parent_id = parent.info.run_id
     status = "FAILED"  # until the sweep gets through: every way out ends the parent run

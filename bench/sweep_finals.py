@@ -106,13 +106,13 @@ def run_finals(plan: SweepPlan, best: dict[str, optuna.trial.FrozenTrial], pool:
 
 def publish(plan: SweepPlan, client: mlflow.MlflowClient, experiment_id: str, parent_id: str) -> bool:
     """Write and print the sweep's leaderboard and figures; False (and the last good one kept) when it has no runs."""
-    results_dir = Path(plan.cfg.results_dir)
+    out = Path(plan.cfg.results_dir) / plan.results_folder
     board = report.build_leaderboard(client, experiment_id, parent_id)
     if not board.runs:  # a leaderboard of nothing would replace the last good one
-        print(report.kept_message(results_dir, plan.spec.name, parent_id))
+        print(report.kept_message(out, parent_id))
         return False
-    path = report.write_leaderboard(board, results_dir, plan.spec.name)
-    drawn = figures.write_figures(client, experiment_id, parent_id, results_dir, plan.spec.name)
+    path = report.write_leaderboard(board, out)
+    drawn = figures.write_figures(client, experiment_id, parent_id, out)
     print(board.markdown)
     print(f"\nleaderboard: {path} (and .tex, .csv)" + "".join(f"\nfigure: {f} (and .pdf)" for f in drawn))
     return True

@@ -146,17 +146,20 @@ def template(tmp_path_factory) -> Path:
     import mlflow
     import optuna
 
+    from bench.sweep_plan import plan_sweep
+
     folder = tmp_path_factory.mktemp("world")
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'runs' / 'mlflow.db'}")
     (folder / "runs").mkdir()
     experiment = mlflow.create_experiment("smoke", artifact_location=(folder / "runs" / "mlartifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
         mlflow.log_metric("valid/accuracy", 0.5)
-    (folder / "runs" / "smoke").mkdir()
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(folder / "runs" / "smoke" / "optuna.journal")))
+    plan = plan_sweep({"sweep": "smoke", "method": "gfn_tb", "run_dir": str(folder / "runs")})
+    plan.folder.mkdir(parents=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(plan.storage_path)))
     study = optuna.create_study(study_name="smoke.gfn_tb", storage=storage, direction="maximize")
-    study.set_user_attr("settings", json.dumps({"train.steps": 3}))  # made with other settings than today's
+    # Made with these settings and another search space than today's.
+    study.set_user_attr("settings", json.dumps({**json.loads(plan.methods[0].fingerprint(plan.spec)), "search": []}))
     study.tell(study.ask(), 0.5)
     (folder / "results" / "smoke").mkdir(parents=True)
     (folder / "results" / "smoke" / "leaderboard.md").write_text("| entry | a good leaderboard |\n")
@@ -231,8 +234,7 @@ CASES = [
     ("resume of nothing", ["sweep=gfn_vs_ppo", "resume=true"], {}, 2, "error: resume=true, but there is no sweep to resume"),
     ("negative trials", ["sweep=smoke", "trials=-1"], {}, 2, "error: trials: expected at least 0, got -1"),
     ("no such entry", ["sweep=smoke", "method=sft"], {}, 2, "error: sweep smoke has no entry or method 'sft'"),
-    ("changed study settings", ["sweep=smoke", "method=gfn_tb", "train.steps=7"], {}, 2,
-     "made with other settings"),
+    ("changed search space", ["sweep=smoke", "method=gfn_tb"], {}, 2, "made with other settings (search)"),
     # model files
     ("gguf that is text", ["model.gguf=model.gguf"], {"model.gguf": b"not a model\n"}, 2,
      "error: model.gguf is not a GGUF file (it does not start with 'GGUF')"),

@@ -67,8 +67,14 @@ def finish(proc: subprocess.Popen, tmp_path: Path, timeout: float) -> str:
     return log
 
 
+def settings_folder(tmp_path: Path) -> Path:
+    """The folder of the sweep's studies (each test here runs one set of settings; a placeholder
+    that does not exist before the driver makes it)."""
+    return next((tmp_path / "runs" / "smoke").glob("arithmetic-*"), tmp_path / "runs" / "smoke" / "none-yet")
+
+
 def study(tmp_path: Path, name: str = "smoke.gfn_tb") -> optuna.Study:
-    journal = tmp_path / "runs" / "smoke" / "optuna.journal"
+    journal = settings_folder(tmp_path) / "optuna.journal"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -86,7 +92,7 @@ def wait_for(condition, timeout: float, what: str):
 
 def checkpointed_trial(tmp_path: Path) -> int | None:
     """Number of a RUNNING trial that has written a checkpoint, if any."""
-    journal = tmp_path / "runs" / "smoke" / "optuna.journal"
+    journal = settings_folder(tmp_path) / "optuna.journal"
     if not journal.exists():
         return None
     try:
@@ -94,13 +100,13 @@ def checkpointed_trial(tmp_path: Path) -> int | None:
     except KeyError:  # the journal exists, the study is not created yet
         return None
     for trial in running:
-        if (tmp_path / "runs" / "smoke" / "trials" / "gfn_tb" / str(trial.number) / "checkpoint" / "checkpoint.pt").exists():
+        if (settings_folder(tmp_path) / "trials" / "gfn_tb" / str(trial.number) / "checkpoint" / "checkpoint.pt").exists():
             return trial.number
     return None
 
 
 def worker_jobs(tmp_path: Path) -> list[str]:
-    path = tmp_path / "runs" / "smoke" / "jobs.json"
+    path = settings_folder(tmp_path) / "jobs.json"
     return [job["job_id"] for job in json.loads(path.read_text())] if path.exists() else []
 
 
@@ -160,7 +166,7 @@ def test_four_local_workers_share_one_study_and_one_mlflow_server(tmp_path):
     trials = assert_nothing_lost(tmp_path, 8)
     assert len(trials) == 8  # no fault here: not one trial more than the budget
     assert len(worker_jobs(tmp_path)) == 4
-    assert not list((tmp_path / "runs" / "smoke" / "heartbeats").iterdir())
+    assert not list((settings_folder(tmp_path) / "heartbeats").iterdir())
 
 
 @needs_slurm

@@ -110,7 +110,7 @@ def test_compute_and_tradeoff_figures_place_each_entry_at_its_means(sweep):
 
 def test_figures_are_written_as_png_and_pdf_and_logged_to_the_parent_run(sweep, tmp_path):
     client, experiment, parent = sweep
-    written = figures.write_figures(client, experiment, parent, tmp_path / "results", "demo")
+    written = figures.write_figures(client, experiment, parent, tmp_path / "results" / "demo")
     assert [p.name for p in written] == ["learning_curves.png", "compute.png", "tradeoff.png"]
     for png in written:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000

@@ -12,13 +12,14 @@ import pytest
 from bench import paper, report
 
 
-def add_sweep(client, tmp_path, sweep, finals, n_train=None, splits=("test_3op", "test_4op", "test_5op"), ood=("test_5op",)):
-    """finals: entry -> per-split list of per-query correct (one seed)."""
+def add_sweep(client, tmp_path, sweep, finals, n_train=None, splits=("test_3op", "test_4op", "test_5op"), ood=("test_5op",),
+              tags=None):
+    """finals: entry -> per-split list of per-query correct (one seed); tags: more tags of the parent run."""
     experiment = client.get_experiment_by_name(sweep)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
         sweep, artifact_location=(tmp_path / "art" / sweep).as_uri())
     parent = client.create_run(experiment_id, tags={"sweep": sweep, "stage": "sweep", "scale": "smoke",
-                                                    "model": "tiny", "git_sha": "abcdef123456"}).info.run_id
+                                                    "model": "tiny", "git_sha": "abcdef123456", **(tags or {})}).info.run_id
     for entry, by_split in finals.items():
         run = client.create_run(experiment_id, tags={
             "sweep": sweep, "stage": "final", "entry": entry, "seed": "0", "mlflow.parentRunId": parent,
@@ -84,6 +85,16 @@ def test_the_paper_report_puts_each_cell_beside_the_reported_number(store, capsy
     cell = next(r for r in rows_csv if r["row"] == "GFlowNet" and r["column"] == "4 operands")
     assert float(cell["mean"]) == 50.0 and cell["reported"] == "75.4" and cell["status"] == "run"
     assert next(r for r in rows_csv if r["table"].startswith("Table 2") and r["row"] == "SFT")["status"] == "missing"
+
+
+def test_the_paper_report_reads_each_sweep_on_its_own_task(store):
+    client, tmp_path = store
+    # The arithmetic sweep run later on another task (its results below results/paper_arithmetic/subj/).
+    add_sweep(client, tmp_path, "paper_arithmetic", {"gfn_tb": {s: [0] * 8 for s in ("test_3op", "test_4op", "test_5op")}},
+              tags={"task": "subj", "results_folder": "paper_arithmetic/subj"})
+    assert report.main(["paper", f"run_dir={tmp_path}", f"results_dir={tmp_path / 'results'}"]) == 0
+    table4 = (tmp_path / "results" / "paper" / "paper.md").read_text(encoding="utf-8").split("## Table 4")[1]
+    assert "| GFlowNet (`gfn_tb`) | **100.0** [100.0, 100.0] | 95.2 |" in table4
 
 
 def test_a_test_that_points_mlflow_at_its_store(tmp_path):

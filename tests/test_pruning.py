@@ -79,16 +79,11 @@ def sweeps(tmp_path, monkeypatch):
     return {"sweep": "prune", "run_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results")}
 
 
-def journal(tmp_path, sweep: str = "prune") -> optuna.storages.JournalStorage:
-    return optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / sweep / "optuna.journal")))
-
-
-def enqueue_scores(tmp_path) -> optuna.storages.JournalStorage:
+def enqueue_scores(plan) -> optuna.storages.JournalStorage:
     """SCORES as the study's first trials, in order, through Optuna's own queue (a worker takes
     waiting trials first)."""
-    (tmp_path / "runs" / "prune").mkdir(parents=True)
-    storage = journal(tmp_path)
+    plan.folder.mkdir(parents=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(plan.storage_path)))
     study = optuna.create_study(study_name="prune.scored", storage=storage, direction="maximize")
     for score in SCORES:
         study.enqueue_trial({"method.score": score})
@@ -97,7 +92,7 @@ def enqueue_scores(tmp_path) -> optuna.storages.JournalStorage:
 
 def test_trials_behind_the_median_are_pruned_recorded_and_not_retried(sweeps, tmp_path):
     plan = plan_sweep(sweeps)
-    storage = enqueue_scores(tmp_path)
+    storage = enqueue_scores(plan)
     assert run_sweep(plan) == 0
 
     trials = optuna.load_study(study_name="prune.scored", storage=storage).trials
@@ -119,7 +114,7 @@ def test_trials_behind_the_median_are_pruned_recorded_and_not_retried(sweeps, tm
     assert [m.step for m in client.get_metric_history(by_trial[1]["run_id"], "train/loss")] == [0, 1]
     assert [m.step for m in client.get_metric_history(by_trial[0]["run_id"], "train/loss")] == [0, 1, 2, 3]
 
-    folder = tmp_path / "runs" / "prune" / "trials" / "scored"
+    folder = plan.folder / "trials" / "scored"
     assert (folder / "0" / "checkpoint" / "checkpoint.pt").is_file()
     assert (folder / "2" / "checkpoint" / "checkpoint.pt").is_file()
     assert not (folder / "1").exists() and not (folder / "3").exists()
@@ -139,7 +134,7 @@ def test_trials_behind_the_median_are_pruned_recorded_and_not_retried(sweeps, tm
 def test_without_a_pruner_every_trial_runs_to_the_end(sweeps, tmp_path):
     (tmp_path / "prune.yaml").write_text(SWEEP.replace("pruner: {type: median, n_startup_trials: 1, n_warmup_steps: 0}\n", ""))
     plan = plan_sweep(sweeps)
-    storage = enqueue_scores(tmp_path)
+    storage = enqueue_scores(plan)
     assert run_sweep(plan) == 0
     trials = optuna.load_study(study_name="prune.scored", storage=storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4

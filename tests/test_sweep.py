@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pdb
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from optuna.trial import TrialState
 import bench.config
 import bench.sweep
 from bench.sweep import run_sweep
-from bench.sweep_plan import plan_sweep
 from bench.errors import ConfigError
+from bench.journal import storage
+from bench.sweep_plan import open_study, plan_sweep
 from methods import METHODS
 from methods.base import TrainContext
 from tests.test_faults import needs_slurm
@@ -58,10 +60,9 @@ def test_smoke_sweep(tmp_path, launcher):
     assert (tmp_path / "mlartifacts").is_dir()
     assert not (tmp_path / "runs" / "mlartifacts").exists() and not (tmp_path / "mlruns").exists()
 
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "smoke" / "optuna.journal")))
+    store = storage(plan_sweep({"sweep": "smoke", "run_dir": str(tmp_path / "runs")}).storage_path)
     for method in ("gfn_tb", "ppo"):
-        study = optuna.load_study(study_name=f"smoke.{method}", storage=storage)
+        study = optuna.load_study(study_name=f"smoke.{method}", storage=store)
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
 
     board = (tmp_path / "results" / "smoke" / "leaderboard.md").read_text()
@@ -74,7 +75,7 @@ def test_smoke_sweep(tmp_path, launcher):
     assert "forward tokens (train + eval)" in board and (finals["metrics.total_forward_tokens"] > 0).all()
 
 
-@pytest.mark.parametrize("task", ["infilling", "subj", "continuation"])
+@pytest.mark.parametrize("task", ["subj", "continuation"])  # infilling: the next test
 def test_smoke_sweep_on_each_task(tmp_path, task, shared_data):
     """The smoke sweep on the other tasks, as a user runs it (`sweep=smoke task=<t> data_dir=...`),
     with one trial per method: the tuning loop itself is covered on arithmetic above."""
@@ -89,7 +90,85 @@ def test_smoke_sweep_on_each_task(tmp_path, task, shared_data):
     assert set(runs["tags.task"]) == {task}
     finals = runs[runs["tags.stage"] == "final"]
     assert finals["metrics.test_id/loglik_mean"].notna().all()  # the metric every task declares
-    assert "| gfn_tb |" in (tmp_path / "results" / "smoke" / "leaderboard.md").read_text()
+    # Another task than the sweep file's own (arithmetic): its results beside, not over, the file's.
+    assert "| gfn_tb |" in (tmp_path / "results" / "smoke" / task / "leaderboard.md").read_text()
+    assert not (tmp_path / "results" / "smoke" / "leaderboard.md").exists()
+
+
+def test_one_sweep_on_two_tasks_keeps_a_study_folder_for_each(tmp_path, monkeypatch, capsys):
+    """`sweep=smoke`, then `sweep=smoke task=infilling`, as a user runs one sweep on several tasks:
+    each set of fixed settings gets its own folder of studies (the workers, other processes, find
+    it again), bench.status and bench.report find each by task, and a changed search space is
+    still refused with the store left as it was."""
+    import bench.report
+    import bench.run
+    import bench.status
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+    for task_args in (["method=gfn_tb"], ["task=infilling"]):  # infilling: one trial of each method
+        result = subprocess.run([sys.executable, "-m", "bench.run", "sweep=smoke", *task_args, "trials=1",
+                                 "run_dir=runs", "results_dir=results"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    sweep_folder = tmp_path / "runs" / "smoke"
+    arithmetic = plan_sweep({"sweep": "smoke", "run_dir": str(tmp_path / "runs")}).folder  # every entry: method= kept it
+    infilling = plan_sweep({"sweep": "smoke", "task": "infilling", "run_dir": str(tmp_path / "runs")}).folder
+    assert sorted(p for p in sweep_folder.iterdir()) == sorted([arithmetic, infilling])
+    assert arithmetic.name.startswith("arithmetic-") and infilling.name.startswith("infilling-")
+    for folder, entries in ((arithmetic, ["gfn_tb"]), (infilling, ["gfn_tb", "ppo"])):
+        store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal")))
+        assert sorted(optuna.get_all_study_names(store)) == [f"smoke.{e}" for e in entries]
+        for entry in entries:
+            study = optuna.load_study(study_name=f"smoke.{entry}", storage=store)
+            assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+
+    runs = runs_of(uri, "smoke", "tags.stage != 'sweep'")
+    assert sorted(zip(runs["tags.task"], runs["tags.stage"])) == [
+        ("arithmetic", "final"), ("arithmetic", "trial")] + [("infilling", "final")] * 2 + [("infilling", "trial")] * 2
+    parents = runs_of(uri, "smoke", "tags.stage = 'sweep'")
+    assert sorted(zip(parents["tags.task"], parents["tags.settings_folder"])) == [
+        ("arithmetic", f"smoke/{arithmetic.name}"), ("infilling", f"smoke/{infilling.name}")]
+    # The sweep file's own task keeps results/<sweep>/; another task writes below it.
+    board = (tmp_path / "results" / "smoke" / "leaderboard.md").read_text()
+    assert "| gfn_tb |" in board and "| ppo |" not in board and f"settings folder `smoke/{arithmetic.name}`" in board
+    board = (tmp_path / "results" / "smoke" / "infilling" / "leaderboard.md").read_text()
+    assert "| gfn_tb |" in board and "| ppo |" in board and f"settings folder `smoke/{infilling.name}`" in board
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    capsys.readouterr()
+    assert bench.status.main(["sweep=smoke"]) == 0
+    both = capsys.readouterr().out
+    assert f"settings {arithmetic.name}: {arithmetic}" in both and f"settings {infilling.name}: {infilling}" in both
+    assert bench.status.main(["sweep=smoke", "task=infilling"]) == 0
+    one = capsys.readouterr().out
+    assert f"settings {infilling.name}" in one and arithmetic.name not in one and "ppo: 1 COMPLETE" in one
+    assert bench.status.main(["sweep=smoke", "task=subj"]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: sweep 'smoke' was not run on task 'subj' in {tmp_path / 'runs'} "
+                                               f"(its settings folders: {arithmetic.name}, {infilling.name})")
+
+    for task, folder, leaderboard in (("arithmetic", arithmetic, "report/smoke/leaderboard.md"),
+                                      ("infilling", infilling, "report/smoke/infilling/leaderboard.md")):
+        assert bench.report.main(["sweep=smoke", f"task={task}", "results_dir=report"]) == 0
+        board = (tmp_path / leaderboard).read_text()
+        assert ("| ppo |" in board) == (task == "infilling") and f"settings folder `smoke/{folder.name}`" in board
+    capsys.readouterr()
+    assert bench.report.main(["sweep=smoke", "results_dir=report"]) == 0  # the latest: infilling, and it says so
+    assert "the latest run of sweep smoke, on task infilling; also run on: arithmetic (choose with task=)" in capsys.readouterr().out
+
+    # A changed search space for the same settings is still refused, and nothing is written.
+    changed = (REPO / "sweeps" / "smoke.yaml").read_text().replace("high: 1.0e-3, log: true}\n      method.loss",
+                                                                   "high: 1.0e-2, log: true}\n      method.loss")
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "smoke.yaml").write_text(changed)
+    monkeypatch.setattr(bench.config, "SWEEPS_DIR", tmp_path / "sweeps")
+    before = {p: p.read_bytes() for p in sweep_folder.rglob("*") if p.is_file()}
+    assert bench.run.main(["sweep=smoke", "task=infilling", "trials=1", "run_dir=runs", "results_dir=results"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {infilling / 'optuna.journal'} holds study smoke.gfn_tb made with other settings (search)")
+    assert {p: p.read_bytes() for p in sweep_folder.rglob("*") if p.is_file()} == before
 
 
 # --- a method that fails on demand, for the in-process tests ------------------------------------
@@ -142,12 +221,11 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(flaky_sweep, tmp_path):
     uri = os.environ["MLFLOW_TRACKING_URI"]
     assert run_sweep(plan_sweep(flaky_sweep)) == 1  # `breaks` has no completed trial
 
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "flaky" / "optuna.journal")))
-    broken = optuna.load_study(study_name="flaky.breaks", storage=storage).trials
+    store = storage(plan_sweep(flaky_sweep).storage_path)
+    broken = optuna.load_study(study_name="flaky.breaks", storage=store).trials
     assert [t.state for t in broken] == [TrialState.FAIL]
     assert "non-finite loss" in broken[0].user_attrs["error"]
-    works = optuna.load_study(study_name="flaky.works", storage=storage).trials
+    works = optuna.load_study(study_name="flaky.works", storage=store).trials
     assert [t.state for t in works] == [TrialState.COMPLETE] * 2
 
     failed = runs_of(uri, "flaky", "tags.method = 'breaks'")
@@ -161,11 +239,82 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(flaky_sweep, tmp_path):
 
     # A second invocation resumes: the trial budget is spent, only the finals run again.
     assert run_sweep(plan_sweep(flaky_sweep)) == 1
-    assert len(optuna.load_study(study_name="flaky.works", storage=storage).trials) == 2
+    assert len(optuna.load_study(study_name="flaky.works", storage=store).trials) == 2
     assert len(runs_of(uri, "flaky", "tags.stage = 'sweep'")) == 2
-    # Other settings would mix two experiments in one study: refused before anything runs.
-    with pytest.raises(ConfigError, match="made with other settings .*train.steps"):
-        plan_sweep({**flaky_sweep, "train.steps": "5"})
+    # Another search space or objective for the same settings would mix two experiments in one
+    # study: refused before anything is written, naming what changed.
+    folder = plan_sweep(flaky_sweep).folder
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    for old, new, changed in (("low: 1.0e-4", "low: 1.0e-5", "search"), ("valid/accuracy", "valid/loglik_mean", "objective")):
+        (tmp_path / "flaky.yaml").write_text(SWEEP.replace(old, new))
+        with pytest.raises(ConfigError, match=re.escape(f"{folder / 'optuna.journal'} holds study flaky.works "
+                                                        f"made with other settings ({changed})")):
+            plan_sweep(flaky_sweep)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_each_set_of_fixed_settings_has_its_own_study_folder(flaky_sweep, tmp_path):
+    plan = plan_sweep(flaky_sweep)
+    assert plan.folder.parent == tmp_path / "runs" / "flaky" and re.fullmatch("arithmetic-[0-9a-f]{8}", plan.folder.name)
+    # How many trials, which entries, how and where the sweep runs: the same studies.
+    for same in ({"trials": "5"}, {"method": "breaks"}, {"trials": "0", "method": "works"},
+                 {"max_parallel": "3", "heartbeat_s": "5", "stale_after_s": "60", "launcher": "local",
+                  "threads": "2", "train.checkpoint_every": "1", "results_dir": str(tmp_path / "elsewhere")}):
+        assert plan_sweep({**flaky_sweep, **same}).folder == plan.folder, same
+    assert plan_sweep({**flaky_sweep, "run_dir": str(tmp_path / "there")}).folder == tmp_path / "there" / "flaky" / plan.folder.name
+    # Its search space and objective belong to the studies, not to the folder (see the test above).
+    (tmp_path / "flaky.yaml").write_text(SWEEP.replace("low: 1.0e-4", "low: 1.0e-5").replace("valid/accuracy", "valid/loglik_mean"))
+    assert plan_sweep(flaky_sweep).folder == plan.folder
+    # What the runs compute, on the command line or in any entry of the file: another folder each.
+    (tmp_path / "flaky.yaml").write_text(SWEEP)
+    others = [plan_sweep({**flaky_sweep, **changed}).folder for changed in
+              ({"train.steps": "5"}, {"task.n_test": "5"}, {"seed": "1"}, {"model.lora.r": "4"})]
+    (tmp_path / "flaky.yaml").write_text(SWEEP.replace("{method.fail: true}", "{method.fail: true, method.lr: 0.01}"))
+    others.append(plan_sweep({**flaky_sweep, "method": "works"}).folder)  # an entry not selected still counts
+    assert len({plan.folder, *others}) == 1 + len(others) and all(f.parent == plan.folder.parent for f in others)
+
+
+def test_trials_0_and_then_a_budget_continue_the_same_studies(flaky_sweep, tmp_path):
+    """An entry's `untuned:` recipe is for its finals at trials 0; its studies stay those of its search."""
+    (tmp_path / "flaky.yaml").write_text(SWEEP.replace("    trials: 2\n", "    trials: 2\n    untuned: {method.lr: 0.005}\n"))
+    untuned = plan_sweep({**flaky_sweep, "trials": "0"})
+    assert untuned.methods[0].config.method_cfg.lr == 0.005
+    untuned.folder.mkdir(parents=True)
+    for method in untuned.methods:  # as the driver opens them
+        open_study(untuned, method, storage(untuned.storage_path))
+    tuned = plan_sweep({**flaky_sweep, "trials": "2"})
+    assert tuned.folder == untuned.folder and tuned.methods[0].config.method_cfg.lr == 1e-3
+
+
+def test_resume_without_a_study_for_these_settings_names_those_there_are(flaky_sweep, tmp_path):
+    with pytest.raises(ConfigError, match="resume=true, but there is no sweep to resume at .*runs/flaky/arithmetic-"):
+        plan_sweep({**flaky_sweep, "resume": "true"})
+    plan = plan_sweep(flaky_sweep)
+    plan.folder.mkdir(parents=True)
+    open_study(plan, plan.methods[0], storage(plan.storage_path))
+    assert plan_sweep({**flaky_sweep, "resume": "true"}).folder == plan.folder
+    with pytest.raises(ConfigError, match=re.escape(
+            f"resume=true, but {tmp_path / 'runs' / 'flaky'} holds no study with these settings, only "
+            f"{plan.folder.name} (runs with other settings have their own); check the settings and run_dir=, "
+            "or drop resume=true to start one")):
+        plan_sweep({**flaky_sweep, "resume": "true", "train.steps": "5"})
+
+
+def test_a_store_of_the_old_layout_is_continued_where_it_is_with_its_settings(flaky_sweep, tmp_path):
+    """Before a folder per settings, a sweep's studies were in `<run_dir>/<sweep>/optuna.journal`."""
+    plan = plan_sweep(flaky_sweep)
+    old = tmp_path / "runs" / "flaky"
+    old.mkdir(parents=True)
+    for method in plan.methods:
+        optuna.create_study(study_name=f"flaky.{method.name}", storage=storage(old / "optuna.journal"),
+                            direction="maximize").set_user_attr("settings", method.fingerprint(plan.spec))
+    assert plan_sweep(flaky_sweep).folder == old
+    assert plan_sweep({**flaky_sweep, "method": "works", "trials": "4"}).folder == old
+    assert plan_sweep({**flaky_sweep, "train.steps": "5"}).folder.parent == old  # other settings: their own folder
+    (tmp_path / "flaky.yaml").write_text(SWEEP.replace("low: 1.0e-4", "low: 1.0e-5"))
+    with pytest.raises(ConfigError, match=re.escape(f"{old / 'optuna.journal'} holds study flaky.works made with "
+                                                    "other settings (search)")):
+        plan_sweep(flaky_sweep)
 
 
 ENTRIES = """\
@@ -254,10 +403,9 @@ def test_an_entry_with_trials_0_runs_its_finals_untuned(flaky_sweep, tmp_path):
     assert run_sweep(plan_sweep(overrides)) == 0
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "untuned" / "optuna.journal")))
-    assert optuna.load_study(study_name="untuned.gfn_tb", storage=storage).trials == []
-    assert [t.state for t in optuna.load_study(study_name="untuned.ppo", storage=storage).trials] == [TrialState.COMPLETE]
+    store = storage(plan_sweep(overrides).storage_path)
+    assert optuna.load_study(study_name="untuned.gfn_tb", storage=store).trials == []
+    assert [t.state for t in optuna.load_study(study_name="untuned.ppo", storage=store).trials] == [TrialState.COMPLETE]
     trials = runs_of(uri, "untuned", "tags.stage = 'trial'")
     assert list(trials["tags.entry"]) == ["ppo"]
 
