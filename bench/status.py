@@ -18,8 +18,9 @@ from pathlib import Path
 
 import psutil
 
-from bench.config import build_config, check_choice, parse_overrides
+from bench.config import check_choice, parse_overrides
 from bench.errors import ConfigError
+from bench.run_config import RunConfig
 
 
 def _job_states(jobs: list[dict]) -> dict[str, str]:
@@ -40,12 +41,14 @@ def _job_states(jobs: list[dict]) -> dict[str, str]:
 
 
 def describe(sweep: str, run_dir: Path, task: str | None = None) -> str:
+    sweep_folder = run_dir / sweep
+    if not sweep_folder.is_dir():  # a misspelt sweep or run_dir is answered before MLflow and Optuna load
+        raise FileNotFoundError(f"no sweep {sweep!r} in {run_dir} (no folder {sweep_folder}); pass the sweep's run_dir=")
     # Imported here, not at the top: a mistake on the command line is answered without them.
     import mlflow
 
     from bench import journal as sweep_store, tracking
 
-    sweep_folder = run_dir / sweep
     folders = sweep_store.study_folders(sweep_folder)
     if not folders:
         raise FileNotFoundError(f"no sweep {sweep!r} in {run_dir} (no {sweep_folder}/<task>-<hash>/"
@@ -119,8 +122,9 @@ def main(argv: list[str]) -> int:
         if "sweep" not in overrides:
             raise ConfigError("sweep=NAME is required")
         sweep, task = overrides.pop("sweep"), overrides.pop("task", None)
-        cfg = build_config([(None, overrides)])
-        print(describe(sweep, Path(cfg.run_dir), task))
+        # Only run_dir is read: building a whole RunConfig would load the default method (and torch).
+        run_dir = Path(str(overrides.get("run_dir", RunConfig.__dataclass_fields__["run_dir"].default)))
+        print(describe(sweep, run_dir.expanduser().resolve(), task))
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
