@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 
 COLUMNS = 128
-"""Cache lengths are rounded up to a multiple of this: each distinct (rows, length) is one more
-compiled graph, and a cache is kept for reuse per shape."""
+"""Cache lengths are rounded up to a multiple of this: each distinct (rows, length) is one more CUDA
+graph to capture and one more cache to keep (the step is compiled once for all shapes)."""
 
 KEPT_CACHES = 2
 """Static caches kept between calls (a CUDA graph replays on the same memory; a cache of SmolLM2 at
@@ -70,8 +70,10 @@ class StaticDecoder:
             return decode_step
         if device.type not in self._steps:
             # CUDA graphs need CUDA; the CPU gets Inductor's kernels alone. Only Inductor takes a mode.
+            # dynamic=True: one compilation serves every batch size and cache length (a run has
+            # several: training chunks, evaluation chunks), each shape then captured as its own graph.
             mode = "reduce-overhead" if device.type == "cuda" and self.backend == "inductor" else None
-            self._steps[device.type] = torch.compile(decode_step, backend=self.backend, mode=mode, dynamic=False)
+            self._steps[device.type] = torch.compile(decode_step, backend=self.backend, mode=mode, dynamic=True)
         return self._steps[device.type]
 
     def cache(self, model, rows: int, columns: int, like: torch.Tensor):
