@@ -24,8 +24,9 @@ from methods import method_module
 
 def execution_only(key: str) -> bool:
     """Settings that change how a sweep executes, not what its runs compute (left out of the
-    check that a resumed study still describes the same experiment)."""
-    return (sweep_wide(key) and key != "scale") or key == "train.checkpoint_every"
+    check that a resumed study still describes the same experiment). `model.kv_cache`: every way
+    samples from the same distributions, and studies made before it existed resume."""
+    return (sweep_wide(key) and key != "scale") or key in ("train.checkpoint_every", "model.kv_cache")
 
 
 @dataclass
