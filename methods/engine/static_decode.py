@@ -6,11 +6,13 @@ launched from Python; on an H200, SmolLM2-135M spends ~21 ms per step whatever t
 all of it launching. Here the cache is allocated once for the whole batch and every step has the
 same shapes (one token for every row, a finished row on padding; the same cache length; mask and
 positions as tensors), so `torch.compile(mode="reduce-overhead")` captures a step as a CUDA graph
-and replays it (6.5-7.1 ms per step measured).
+and replays it (an earlier experiment of a static cache under torch.compile: 6.5-7.1 ms per step;
+this module's own: `python -m bench.perf` on a GPU).
 
 What it does not change: `rollout.sample` still decides each row's next token on the host (a drawn
 action, a pending tool token) and draws from the live rows' distributions exactly as on the dynamic
-path, so with the same generator both sample the same tokens (tests/test_static_decode.py). A tool's
+path, so with the same generator both sample the same tokens, up to rounding that may flip a draw
+(in fp32 on a CPU none does: tests/test_static_decode.py). A tool's
 answer goes in as forced inputs of the next steps, never by re-running a prefix, so the captured
 graph holds. The prompt runs once as on the dynamic path (shapes vary there, it is not compiled) and
 its cache, the shared few-shot prefix included, is copied into the static one.
@@ -39,7 +41,7 @@ KEPT_CACHES = 2
 def room(width: int, rules) -> int:
     """Cache columns to allocate for a prompt `width` tokens wide: the most actions and as many tool
     tokens again (arithmetic's calculator answers a few tokens per 8-odd actions). A row that needs
-    more grows the cache (a copy, and one more graph to compile)."""
+    more grows the cache (a copy, and one more graph to capture)."""
     return width + 2 * rules.max_actions
 
 
