@@ -72,6 +72,8 @@ class Engine:
 
     def set_kv_cache(self, kind: str) -> None:
         """How `sample` runs its decode steps: dynamic | static | compiled (`model.kv_cache`, resolved)."""
+        if kind not in ("dynamic", "static", "compiled"):
+            raise ValueError(f"kv_cache {kind!r}: expected dynamic, static or compiled (auto is resolved by load_policy)")
         self.static_decode = None if kind == "dynamic" else StaticDecoder(self.count_tokens, compiled=kind == "compiled")
 
     # --- tokenized task text ------------------------------------------------------------------
