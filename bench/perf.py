@@ -297,7 +297,7 @@ def main(argv: list[str]) -> int:
               f"{max(1, args.repeats)} run(s)\n\n"
               "Speed-up: the paper's time over this project's (above 1: this project is faster). Score + backward "
               "and the optimizer are the same work both ways.")
-    text = report(rows, header) + (decode_table(decode_rows) if decode_rows else "")
+    text = report(rows, header)
     if layouts:
         text += ("\nCPU layouts: this project's step at 16 trajectories (fresh samples per cell, so lengths differ a "
                  "little; bfloat16's rewards against float32's on the same trajectories in the last column).\n\n"
@@ -308,6 +308,7 @@ def main(argv: list[str]) -> int:
             diff = "—" if r.get("reward_vs_fp32") is None else f"{r['reward_vs_fp32']:.2f}"
             text += (f"| {r['dtype']} | {r['threads']} | {r['actions_mean']:.1f} | {r['sample']:.2f} | {r['reward']:.2f} | "
                      f"{r['score']:.2f} | {step:.2f} | {16 / step:.2f} | {diff} |\n")
+    text += decode_table(decode_rows) if decode_rows else ""
     out = Path(args.out) if args.out else REPO / "results" / "perf" / f"{'cpu' if device.type == 'cpu' else _slug(name)}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

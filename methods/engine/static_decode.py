@@ -25,6 +25,7 @@ total a constant of the graph, and every step a recompile.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -54,6 +55,16 @@ def decode_step(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.T
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits[:, -1]
 
 
+@functools.cache
+def compiled_step(backend: str, mode: str | None):
+    """`decode_step` through torch.compile, one wrapper per process and settings: a decoder made
+    later (a new Engine, `set_kv_cache`) reuses what an earlier one compiled.
+
+    dynamic=True: one compilation serves every batch size and cache length (a run has several:
+    training chunks, evaluation chunks), each shape then captured as its own CUDA graph."""
+    return torch.compile(decode_step, backend=backend, mode=mode, dynamic=True)
+
+
 class StaticDecoder:
     """Preallocated caches, kept per shape between calls, and the (maybe compiled) decode step.
 
@@ -65,18 +76,13 @@ class StaticDecoder:
         self.count, self.compiled, self.backend = count, compiled, backend
         self.caches: dict[tuple, object] = {}  # (rows, columns, dtype, device) -> StaticCache
         self.grown = 0  # caches grown because a row outran its room
-        self._steps: dict[str, object] = {}  # device type -> the step function
 
     def step_function(self, device: torch.device):
         if not self.compiled:
             return decode_step
-        if device.type not in self._steps:
-            # CUDA graphs need CUDA; the CPU gets Inductor's kernels alone. Only Inductor takes a mode.
-            # dynamic=True: one compilation serves every batch size and cache length (a run has
-            # several: training chunks, evaluation chunks), each shape then captured as its own graph.
-            mode = "reduce-overhead" if device.type == "cuda" and self.backend == "inductor" else None
-            self._steps[device.type] = torch.compile(decode_step, backend=self.backend, mode=mode, dynamic=True)
-        return self._steps[device.type]
+        # CUDA graphs need CUDA; the CPU gets Inductor's kernels alone. Only Inductor takes a mode.
+        return compiled_step(self.backend, "reduce-overhead" if device.type == "cuda" and self.backend == "inductor"
+                             else None)
 
     def cache(self, model, rows: int, columns: int, like: torch.Tensor):
         from transformers import StaticCache
