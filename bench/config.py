@@ -28,7 +28,7 @@ from bench.scales import SCALES
 from methods import METHODS, method_module
 from bench.run_config import REPO_ROOT, RunConfig
 from bench.errors import SHOWN, ConfigError, optional_inner, shown, type_name
-from methods.engine.model_config import DTYPE_NAMES, PRESETS
+from methods.engine.model_config import DTYPE_NAMES, KV_CACHES, PRESETS
 from tasks import TASKS, task_class
 
 SWEEPS_DIR = REPO_ROOT / "sweeps"
@@ -270,6 +270,7 @@ def build_config(layers: Sequence[Layer]) -> RunConfig:
                 raise ConfigError(f"{source}: {err}" if source else str(err)) from None
     check_choice("model preset", cfg.model.preset, list(PRESETS))
     check_choice("model dtype", cfg.model.dtype, list(DTYPE_NAMES))
+    check_choice("model kv_cache", cfg.model.kv_cache, list(KV_CACHES))
     if cfg.sweep is not None:
         check_choice("sweep", cfg.sweep, sweep_names())
     for key, slot in known.items():  # the defaults too (each override was checked as it was set)

@@ -41,7 +41,7 @@ from tasks.data import DataError
 
 # What may change between the trained run and its re-evaluation: the data and the protocol's
 # sampling, never what was trained.
-EVALUATION_KEYS = ("seed", "threads", "model.device", "train.eval_prompts", "train.eval_samples",
+EVALUATION_KEYS = ("seed", "threads", "model.device", "model.kv_cache", "train.eval_prompts", "train.eval_samples",
                    "train.eval_temperature", "train.batch_size")
 USAGE = ("python -m bench.evaluate run=<MLflow run id> [questions=PATH] [name=LABEL] [run_dir=...] "
          "[task.<field>=...] [" + "=...] [".join(EVALUATION_KEYS) + "=...]")

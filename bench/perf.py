@@ -13,7 +13,8 @@ trajectories (4 per query, sampled on-policy at T=1 from the untrained policy, s
 | optimizer | AdamW over the LoRA parameters and the flow head | the same |
 
 It checks that both rewards agree, prints the ratios and writes results/perf/<device>.md with
-the commit, device and library versions. Speed is shown here, never asserted in the test suite.
+the commit, device and library versions; then the sampler's decode steps each way `model.kv_cache`
+allows (bench/perf_decode.py). Speed is shown here, never asserted in the test suite.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Callable
 import torch
 
 from bench.paper_reference import hf_generate, paper_per_token_rewards
+from bench.perf_decode import KINDS, decode_comparison, decode_table
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES_PER_QUERY = 4
@@ -75,8 +77,10 @@ def measure(engine, examples, batch: int, seed: int, reference: bool) -> dict[st
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     # A fresh generator per call: every repeat samples the same trajectories.
-    traj, t_sample = timed(device, lambda: engine.sample(queries, [1.0] * len(queries),
-                                                         torch.Generator(device=device).manual_seed(seed)))
+    draw = lambda: engine.sample(queries, [1.0] * len(queries), torch.Generator(device=device).manual_seed(seed))
+    if engine.static_decode is not None and engine.static_decode.compiled:
+        draw()  # captures this batch's shapes: once per run, not per step
+    traj, t_sample = timed(device, draw)
     log_r, t_reward = timed(device, engine.log_reward, traj, queries, per_prefix=True)
     lengths = engine.reward_lengths(traj, queries, per_prefix=True)
     chunks, _ = engine.length_chunks(lengths)
@@ -213,8 +217,19 @@ def main(argv: list[str]) -> int:
                              "count up to the cores, in float32 and bfloat16")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per part, the fastest counting (the layouts table runs each part once)")
+    parser.add_argument("--kv-cache", default="auto", choices=["auto", *KINDS],
+                        help="model.kv_cache of the part-by-part table (auto: as model.kv_cache=auto, dynamic for now)")
+    parser.add_argument("--decode", default=",".join(KINDS),
+                        help=f"kv_cache ways the decode table compares, comma-separated (default {','.join(KINDS)}; "
+                             "none: no table)")
+    parser.add_argument("--decode-budget", type=float, default=240.0,
+                        help="seconds for the decode table; its cells begun later are skipped (default 240)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    kinds = [k for k in args.decode.split(",") if k and k != "none"]
+    if any(k not in KINDS for k in kinds):
+        print(f"bench.perf: --decode {args.decode!r}: give some of {', '.join(KINDS)}, or none", file=sys.stderr)
+        return 2
 
     from methods.engine.engine import Engine
     from methods.engine.models import ModelConfig, ModelError, load_policy
@@ -223,7 +238,8 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        policy = load_policy(ModelConfig(preset=args.model, dtype=args.dtype, device=args.device), args.seed)
+        policy = load_policy(ModelConfig(preset=args.model, dtype=args.dtype, device=args.device,
+                                         kv_cache=args.kv_cache), args.seed)
     except ModelError as err:
         print(f"bench.perf: {err}", file=sys.stderr)
         return 2
@@ -258,6 +274,8 @@ def main(argv: list[str]) -> int:
               f"({r['paper_sample'] / r['sample']:.2f}×), max reward diff {r['reward_max_diff']:.1e}"
               if "paper_reward" in r else ""), file=sys.stderr, flush=True)
 
+    decode_rows = decode_comparison(engine, args, examples, batches, kinds, SAMPLES_PER_QUERY) if kinds else []
+
     layouts = []
     if args.layouts and device.type == "cpu":
         REPEATS = 1
@@ -270,7 +288,8 @@ def main(argv: list[str]) -> int:
     command = " ".join(["python -m bench.perf", *argv])
     header = (f"# GFlowNet step, part by part: {name}\n\n`{command}`\n\n"
               f"- device: {name}" + (f", {threads} torch threads" if threads else "") + "\n"
-              f"- model: {policy.provenance.get('model', args.model)}, {args.dtype}; arithmetic, {SAMPLES_PER_QUERY} "
+              f"- model: {policy.provenance.get('model', args.model)}, {args.dtype}, kv_cache "
+              f"{policy.provenance['kv_cache']}; arithmetic, {SAMPLES_PER_QUERY} "
               "trajectories per query, on-policy at T=1, SubTB loss\n"
               f"- torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}\n"
               f"- commit {commit()}\n"
@@ -289,6 +308,7 @@ def main(argv: list[str]) -> int:
             diff = "—" if r.get("reward_vs_fp32") is None else f"{r['reward_vs_fp32']:.2f}"
             text += (f"| {r['dtype']} | {r['threads']} | {r['actions_mean']:.1f} | {r['sample']:.2f} | {r['reward']:.2f} | "
                      f"{r['score']:.2f} | {step:.2f} | {16 / step:.2f} | {diff} |\n")
+    text += decode_table(decode_rows) if decode_rows else ""
     out = Path(args.out) if args.out else REPO / "results" / "perf" / f"{'cpu' if device.type == 'cpu' else _slug(name)}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

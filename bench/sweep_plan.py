@@ -30,8 +30,10 @@ from methods import method_module
 
 def execution_only(key: str) -> bool:
     """Settings that change how a sweep executes, not what its runs compute (left out of the
-    settings folder's hash and of the check that a resumed study still describes the same experiment)."""
-    return (sweep_wide(key) and key != "scale") or key == "train.checkpoint_every"
+    settings folder's hash and of the check that a resumed study still describes the same
+    experiment). `model.kv_cache`: every way samples from the same distributions, and studies made
+    before it existed resume."""
+    return (sweep_wide(key) and key != "scale") or key in ("train.checkpoint_every", "model.kv_cache")
 
 
 def fixed_settings(config: RunConfig) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def bench_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["sweep=nope"], f"error: unknown sweep 'nope'; choose one of: {', '.join(sweep_names())}"),
     (["sweep=smoke", "method.lr=abc"], "error: method.lr: expected float, got 'abc'"),
     (["sweep=smoke", "train.steps=0"], "error: train.steps: expected at least 1, got 0"),
+    (["sweep=smoke", "model.kv_cache=cuda"], "error: unknown model kv_cache 'cuda'; choose one of: auto, dynamic, static, compiled"),
 ])
 def test_mistakes_exit_2_with_one_line_and_write_nothing(tmp_path, args, message):
     result = bench_run(*args, "run_dir=runs", "results_dir=results", cwd=tmp_path)

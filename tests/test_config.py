@@ -126,6 +126,7 @@ def test_unknown_key_suggests_the_closest():
     ("model=nope", "unknown model preset 'nope'; choose one of: smollm2-135m, tiny"),
     ("scale=nope", "unknown scale 'nope'; choose one of: smoke, cpu, paper, auto"),
     ("launcher=nope", "unknown launcher 'nope'; choose one of: local, debug, slurm"),
+    ("model.kv_cache=graphs", "unknown model kv_cache 'graphs'; choose one of: auto, dynamic, static, compiled"),
     ("seed", "expected key=value, got 'seed'"),
 ])
 def test_unknown_choices(arg, message):

@@ -151,13 +151,15 @@ def test_sampling_respects_the_tasks_action_space(setup):
                 inserted += 1
 
 
-@pytest.mark.parametrize("policy_shots", [0, 2])
-def test_cached_batched_sampling_matches_a_slow_greedy_loop(tiny_policy, policy_shots):
+@pytest.mark.parametrize("policy_shots,static", [(0, False), (2, False), (0, True), (2, True)])
+def test_cached_batched_sampling_matches_a_slow_greedy_loop(tiny_policy, policy_shots, static):
     """Near-zero temperature makes sampling greedy; the KV-cached batch, whose rows finish and
     leave at different steps, must then give what one full forward pass per token gives. With
-    worked examples in the policy prompt, their shared prefix is run once and its cache copied."""
+    worked examples in the policy prompt, their shared prefix is run once and its cache copied.
+    `static`: the preallocated cache, on which finished rows step on padding (model.kv_cache=static)."""
     task = ArithmeticTask(Config(n_train=20, n_valid=5, n_test=5, max_actions=12, policy_shots=policy_shots), None)
     engine = Engine(tiny_policy, task, batch_size=8)
+    engine.set_kv_cache("static" if static else "dynamic")
     examples = task.train_examples()[:4]
     if policy_shots:
         from methods.engine.rollout import shared_prefix

@@ -28,18 +28,36 @@ def test_the_paper_style_reward_loop_equals_the_one_pass_reward(tiny_policy):
 
 
 def test_the_benchmark_writes_its_report(tmp_path, capsys):
+    """With the decode table (compiled left out: Inductor takes seconds on a CPU, and
+    tests/test_static_decode.py runs it)."""
     out = tmp_path / "perf.md"
-    assert perf.main(["--model", "tiny", "--batch-sizes", "4", "--device", "cpu", "--out", str(out)]) == 0
+    assert perf.main(["--model", "tiny", "--batch-sizes", "4", "--device", "cpu", "--out", str(out),
+                      "--decode", "dynamic,static"]) == 0
     text = out.read_text()
-    assert "| 4 |" in text and "**whole step**" in text and "commit" in text
+    assert "| 4 |" in text and "**whole step**" in text and "commit" in text and "kv_cache dynamic" in text
     diff = float(re.search(r"max \|log R - paper's log R\| over all states = (\d\.\de[+-]\d+)", text).group(1))
     assert diff < 1e-3
+    assert re.search(r"\| float32 \| 4 \| dynamic \| \d+ \| [\d.]+ \| \d+ \| 1\.00× \| [\d.]+ \| 0 / 4 \|", text)
+    assert re.search(r"\| float32 \| 4 \| static \| \d+ \| [\d.]+ \| \d+ \| [\d.]+× \| [\d.]+ \| 0 / 4 \|", text)
+
+
+def test_the_decode_table_skips_cells_past_its_budget(tmp_path):
+    out = tmp_path / "perf.md"
+    assert perf.main(["--model", "tiny", "--batch-sizes", "4", "--device", "cpu", "--out", str(out), "--no-reference",
+                      "--decode", "static", "--decode-budget", "0"]) == 0
+    assert "| float32 | 4 | static | skipped: past the time budget |" in out.read_text()
 
 
 def test_bad_batch_sizes_exit_2_with_one_line(capsys):
     assert perf.main(["--model", "tiny", "--batch-sizes", "6", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("bench.perf: --batch-sizes '6'")
+
+
+def test_an_unknown_decode_way_exits_2_with_one_line(capsys):
+    assert perf.main(["--model", "tiny", "--decode", "dynamic,graphs", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["bench.perf: --decode 'dynamic,graphs': give some of dynamic, static, compiled, or none"]
 
 
 def test_harness_timers_count_the_outermost_call_once_and_restore_what_they_wrap():

@@ -421,3 +421,11 @@ def test_an_entry_with_trials_0_runs_its_finals_untuned(flaky_sweep, tmp_path):
     assert set(finals[finals["tags.entry"] == "ppo"]["tags.trial"]) == {"0"}
     board = (tmp_path / "results" / "untuned" / "leaderboard.md").read_text()
     assert "| gfn_tb |" in board and "| ppo |" in board and "- gfn_tb = untuned (trials: 0)" in board
+
+
+def test_a_resumed_study_may_change_how_the_sampler_decodes():
+    """model.kv_cache changes how decode steps run, not what they sample from: it is no part of a
+    study's settings, so a study recorded before the setting existed still resumes."""
+    from bench.sweep_plan import execution_only
+
+    assert execution_only("model.kv_cache") and not execution_only("model.dtype")

@@ -215,7 +215,7 @@ def base_sample(engine: "Engine", examples: list[Example], temperatures: list[fl
             rows = list(range(start, min(start + engine.batch_size, len(examples))))
             parts.append(sample(engine.policy.model, engine.tokenizer, engine.task, rules,
                                 [engine.prompt_ids(examples[i]) for i in rows], rows,
-                                [temperatures[i] for i in rows], generator))
+                                [temperatures[i] for i in rows], generator, engine.static_decode))
     return Trajectories.concat(parts)
 
 

@@ -15,6 +15,7 @@ from methods.engine.models import Policy
 from methods.engine.reward import LogReward, choice_log_reward, log_reward, observation_logprobs, preferred_choice
 from methods.engine.rollout import (PrefixCache, Scores, TokenRules, Trajectories, sample, score, shared_prefix,
                                     token_logprobs)
+from methods.engine.static_decode import StaticDecoder
 from tasks.base import Example, Task
 
 
@@ -28,7 +29,9 @@ class Engine:
         # Token positions computed by forward passes of the policy's model, padding included (it
         # costs as much as text): sampling steps, scoring, rewards, base likelihoods and whatever a
         # method or a selection rule runs on `policy.model`. A hook on the model, not a count in
-        # each method below, so that no forward pass escapes it. Backward passes are not counted.
+        # each method below, so that no forward pass escapes it; only the static decoder, whose
+        # compiled step must not trace the hook, reports its steps itself (`count_tokens`).
+        # Backward passes are not counted.
         self.forward_tokens = 0
         self._count_hook = policy.model.register_forward_pre_hook(self._count_forward, with_kwargs=True)
         self.tokenizer = policy.tokenizer
@@ -40,6 +43,10 @@ class Engine:
                                     if getattr(task, "terminator_texts", ()) else [])
         # The frozen base's KV caches of shared prompt prefixes (the reward's worked examples).
         self.base_prefixes = PrefixCache()
+        # The sampler's decode steps on a preallocated cache (model.kv_cache=static|compiled); None:
+        # the dynamic cache, which finished rows leave.
+        self.static_decode: StaticDecoder | None = None
+        self.set_kv_cache(policy.kv_cache)
         # How evaluation decodes its n samples per query instead of `sample` (method=prompting's
         # baselines, a methods.engine.decoding.Decoding); None: the engine's own sampler.
         self.decode: Callable[[Engine, list[Example], int, torch.Generator | None], Trajectories] | None = None
@@ -54,9 +61,20 @@ class Engine:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             ids = kwargs.get("inputs_embeds")
-            self.forward_tokens += 0 if ids is None else ids.shape[0] * ids.shape[1]
+            self.count_tokens(0 if ids is None else ids.shape[0] * ids.shape[1])
         else:
-            self.forward_tokens += ids.numel()
+            self.count_tokens(ids.numel())
+
+    def count_tokens(self, n: int) -> None:
+        """Add `n` token positions to `forward_tokens`: the hook's count, and the static decoder's,
+        whose steps run the model under the hooked wrapper (methods/engine/static_decode.py)."""
+        self.forward_tokens += n
+
+    def set_kv_cache(self, kind: str) -> None:
+        """How `sample` runs its decode steps: dynamic | static | compiled (`model.kv_cache`, resolved)."""
+        if kind not in ("dynamic", "static", "compiled"):
+            raise ValueError(f"kv_cache {kind!r}: expected dynamic, static or compiled (auto is resolved by load_policy)")
+        self.static_decode = None if kind == "dynamic" else StaticDecoder(self.count_tokens, compiled=kind == "compiled")
 
     # --- tokenized task text ------------------------------------------------------------------
     def prompt_ids(self, ex: Example) -> list[int]:
@@ -134,7 +152,7 @@ class Engine:
         for rows in self._chunks(len(examples)):
             parts.append(sample(self.policy.model, self.tokenizer, self.task, self.rules,
                                 [self.prompt_ids(examples[i]) for i in rows], rows,
-                                [temperatures[i] for i in rows], generator))
+                                [temperatures[i] for i in rows], generator, self.static_decode))
         return Trajectories.concat(parts)
 
     def score(self, traj: Trajectories, *, hidden: bool = False) -> Scores:
@@ -289,7 +307,7 @@ class Engine:
             for chunk in self._chunks(len(rows)):
                 parts.append(sample(self.policy.model, self.tokenizer, self.task, self.rules,
                                     [prompts[rows[j]] for j in chunk], [rows[j] for j in chunk], [1.0] * len(chunk),
-                                    generator))
+                                    generator, self.static_decode))
         drawn = Trajectories.concat(parts)
         seeds = Trajectories([], [], [], [], [], [])
         for b, tokens in enumerate(drawn.tokens):

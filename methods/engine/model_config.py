@@ -11,6 +11,7 @@ PRESETS: dict[str, str] = {
     "tiny": "random-weight 2-layer Llama (hidden 64) with the SmolLM2 tokenizer, seeded; for tests and smoke runs",
 }
 DTYPE_NAMES = ("float32", "bfloat16")
+KV_CACHES = ("auto", "dynamic", "static", "compiled")
 
 
 @dataclass
@@ -29,6 +30,11 @@ class ModelConfig:
     gguf: str | None = field(default=None, metadata={"help": "path to a GGUF file (converted once into the cache)"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 (bf16 is a speed option)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (auto: cuda if available)"})
+    kv_cache: str = field(default="auto", metadata={"help": (
+        "how the sampler runs its decode steps: dynamic (the cache grows, finished rows leave the batch) | "
+        "static (one preallocated cache, every step the same shapes) | compiled (static, the step through "
+        "torch.compile: CUDA graphs on a GPU) | auto (dynamic, until static and compiled are checked on a GPU). All draw from the same "
+        "distributions; static steps finished rows on padding until the batch ends, and counts those tokens")})
     lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "LoRA adapter"})
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 # The settings live apart so that the command line reads them without torch; they are re-exported here.
-from methods.engine.model_config import (DTYPE_NAMES, PRESETS, LoRAConfig, ModelConfig, ModelError,  # noqa: F401
-                                         check_model_files)
+from methods.engine.model_config import (DTYPE_NAMES, KV_CACHES, PRESETS, LoRAConfig, ModelConfig,  # noqa: F401
+                                         ModelError, check_model_files)
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 SMOLLM2_PREFIX = "smollm2-135m-instruct"
@@ -173,8 +173,10 @@ def _lora_targets(model: torch.nn.Module, targets: list[str]) -> str | list[str]
 class Policy:
     """The trainable policy (LoRA adapters on) and, through `base()`, the frozen base LM (adapters off)."""
 
-    def __init__(self, model: "peft.PeftModel", tokenizer, device: torch.device, provenance: dict[str, str]):
+    def __init__(self, model: "peft.PeftModel", tokenizer, device: torch.device, provenance: dict[str, str],
+                 kv_cache: str = "dynamic"):
         self.model, self.tokenizer, self.device, self.provenance = model, tokenizer, device, provenance
+        self.kv_cache = kv_cache  # dynamic | static | compiled: how the engine's sampler decodes (model.kv_cache)
         self.eos_token_id: int = tokenizer.eos_token_id
         self.hidden_size: int = model.get_base_model().config.hidden_size
 
@@ -218,6 +220,11 @@ def load_policy(cfg: ModelConfig, seed: int = 0) -> Policy:
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     except RuntimeError:
         raise ModelError(f"unknown device {cfg.device!r}; use auto, cpu, cuda or cuda:N") from None
+    if cfg.kv_cache not in KV_CACHES:
+        raise ModelError(f"unknown kv_cache {cfg.kv_cache!r}; choose one of: {', '.join(KV_CACHES)}")
+    # auto: dynamic, on a GPU too, until bench.perf has checked static and compiled decoding there
+    # (they are checked against dynamic on the CPU only; see the README).
+    kv_cache = "dynamic" if cfg.kv_cache == "auto" else cfg.kv_cache
     tok, model, prov = _load_base(cfg, seed, DTYPES[cfg.dtype])
     tok.padding_side = "left"  # batched sampling appends on the right, so prompts are padded on the left
     if tok.pad_token is None:
@@ -236,5 +243,6 @@ def load_policy(cfg: ModelConfig, seed: int = 0) -> Policy:
         peft_model = get_peft_model(model, lora).to(device)  # wraps in place: no second copy of the weights
     peft_model.eval()  # dropout off in rollouts and scoring; methods take gradients in eval mode
     n_trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    prov |= {"dtype": cfg.dtype, "device": str(device), "n_params": str(n_params), "n_trainable": str(n_trainable)}
-    return Policy(peft_model, tok, device, prov)
+    prov |= {"dtype": cfg.dtype, "device": str(device), "kv_cache": kv_cache, "n_params": str(n_params),
+             "n_trainable": str(n_trainable)}
+    return Policy(peft_model, tok, device, prov, kv_cache)

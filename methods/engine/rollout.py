@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from tasks.base import Task
+
+if TYPE_CHECKING:
+    from methods.engine.static_decode import StaticDecoder
 
 NEG_INF = float("-inf")
 
@@ -199,15 +203,40 @@ def shared_prefix(prompts: list[list[int]]) -> list[int]:
     return prompts[0][:n]
 
 
+class GrowingCache:
+    """The dynamic path's decode steps: the cache grows by a column per step and finished rows leave
+    the batch and its cache at once (fewest tokens, new shapes every step)."""
+
+    def __init__(self, model, cache, mask: torch.Tensor, last_pos: torch.Tensor):
+        self.model, self.cache, self.mask, self.last_pos = model, cache, mask, last_pos
+
+    def advance(self, tokens: list[int], keep: list[int]) -> torch.Tensor:
+        """Feed `tokens` to the live rows `keep` (the others leave); their logits [len(keep), V]."""
+        device = self.mask.device
+        if len(keep) < self.mask.shape[0]:
+            index = torch.tensor(keep, device=device)
+            self.cache.batch_select_indices(index)
+            self.mask, self.last_pos = self.mask[index], self.last_pos[index]
+        self.mask = torch.cat([self.mask, torch.ones((len(keep), 1), dtype=self.mask.dtype, device=device)], 1)
+        self.last_pos = self.last_pos + 1
+        out = self.model(input_ids=torch.tensor(tokens, device=device).unsqueeze(-1), attention_mask=self.mask,
+                         position_ids=self.last_pos.unsqueeze(-1), cache=self.cache, use_cache=True)
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+
 @torch.no_grad()
 def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[list[int]],
-           example_idx: list[int], temperature: list[float], generator: torch.Generator | None = None) -> Trajectories:
+           example_idx: list[int], temperature: list[float], generator: torch.Generator | None = None,
+           static: StaticDecoder | None = None) -> Trajectories:
     """Sample one trajectory per prompt with a KV cache, the task's tool in the loop.
 
     Every live row advances one token per forward pass: it either samples an action or consumes
     the next pending tool token, so the batch's cache stays aligned without re-padding (the
     reference code dropped the whole batch's cache at every tool call). Finished rows leave the
-    batch and its cache at once.
+    batch and its cache at once; with `static` (methods/engine/static_decode.py) the cache is
+    preallocated and they step on padding instead, every step the same shapes for a CUDA graph.
+    Either way the same rows draw from the same distributions.
     """
     device = next(model.parameters()).device
     batch = len(prompt_ids)
@@ -222,7 +251,9 @@ def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[lis
     pos = positions(mask)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos[:, len(shared):], cache=cache, use_cache=True,
                 logits_to_keep=1)
-    cache, logits, last_pos = out.cache, out.logits[:, -1], pos[:, -1]
+    logits = out.logits[:, -1]
+    steps = (GrowingCache(model, out.cache, mask, pos[:, -1]) if static is None
+             else static.start(model, out.cache, mask, pos[:, -1], rules, tokenizer.pad_token_id))
     temps = torch.tensor(temperature, dtype=torch.float32, device=device).unsqueeze(-1)
 
     tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -260,15 +291,9 @@ def sample(model, tokenizer, task: Task, rules: TokenRules, prompt_ids: list[lis
         if not keep:
             break
         if len(keep) < len(live):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            mask, last_pos, temps = mask[index], last_pos[index], temps[index]
+            temps = temps[torch.tensor(keep, device=device)]
             live = [live[j] for j in keep]
-        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], 1)
-        last_pos = last_pos + 1
-        out = model(input_ids=torch.tensor(step, device=device).unsqueeze(-1), attention_mask=mask,
-                    position_ids=last_pos.unsqueeze(-1), cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]
+        logits = steps.advance(step, keep)
     return Trajectories(list(example_idx), [list(p) for p in prompt_ids], tokens, is_action, terminated, list(temperature))
 
 
