@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from bench import tracking
 from bench.paper_reference import hf_generate, paper_per_token_rewards
 from bench.perf_decode import KINDS, decode_comparison, decode_table
 
@@ -163,12 +163,7 @@ def device_name(device: torch.device) -> str:
 
 
 def commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                               text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
+    sha, dirty = tracking.git_sha()
     return sha + (" (with uncommitted changes)" if dirty else "")
 
 
