@@ -33,7 +33,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -153,6 +152,8 @@ def retry(study: optuna.Study, trial: FrozenTrial, reason: str, tracking_uri: st
     if run_id:
         attrs[RUN_ID] = run_id
         if tracking_uri:
+            import mlflow  # here: planning a sweep reads this module, and a mistake is answered without MLflow
+
             client = mlflow.MlflowClient(tracking_uri)
             if client.get_run(run_id).info.status == "RUNNING":  # its process can no longer say so
                 client.set_tag(run_id, "interrupted", reason)

@@ -387,6 +387,8 @@ def test_the_command_line_and_its_mistakes_import_no_heavy_library():
     # method's torch code: torch, and Optuna for the sweep files' pruners, but nothing else.
     assert heavy_after("import bench.run\nbench.run.main(['--help'])") <= {"torch", "optuna"}
     assert heavy_after("import bench.run\nbench.run.main(['train.steps=0'])") <= {"torch"}
+    # A sweep's mistake is found by planning it: Optuna's journal is read, MLflow is not needed.
+    assert heavy_after("import bench.run\nbench.run.main(['sweep=smoke', 'train.steps=0'])") <= {"torch", "optuna"}
 
 
 # --- Ctrl-C: a real process ----------------------------------------------------------------------
