@@ -18,26 +18,22 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-import torch
-from mlflow.exceptions import MlflowException
-
-from bench import tracking
 from bench.checks import check_task
 from bench.config import build_config, flatten, parse_overrides
-from bench.run_config import RunConfig
-from bench.training import _weighted_means, adapter_folder, seed_everything
-from bench.training import run_tags
 from bench.errors import ConfigError
+from bench.run_config import RunConfig
 from methods import method_module
-from methods.base import TrainContext
-from methods.engine.engine import Engine
-from methods.engine.evaluate import evaluate_splits, method_engine
-from methods.engine.models import ModelError, load_policy
+from methods.engine.model_config import ModelError
 from tasks import task_class
 from tasks.base import Example, EvalSplit
 from tasks.data import DataError
+
+if TYPE_CHECKING:
+    import mlflow
+
+    from methods.engine.engine import Engine
 
 # What may change between the trained run and its re-evaluation: the data and the protocol's
 # sampling, never what was trained.
@@ -51,12 +47,26 @@ class EvaluateError(RuntimeError):
     """The run cannot be re-evaluated; the message says why."""
 
 
-def _store(run_dir: str | None) -> mlflow.MlflowClient:
+def _trained_run(run_dir: str | None, run_id: str) -> tuple[mlflow.MlflowClient, mlflow.entities.Run]:
+    """(a client of the store, the FINISHED run `run_id` in it); ConfigError if there is none."""
+    # MLflow, torch and the engine are imported where they are used, not at the top: a mistake on
+    # the command line is answered without them (as in bench/run.py).
+    import mlflow
+
+    from bench import tracking
+
     uri = tracking.tracking_uri(run_dir or "runs")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"no MLflow store at {uri}; pass the trained run's run_dir= (or MLFLOW_TRACKING_URI)")
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    client = mlflow.MlflowClient(uri)
+    try:
+        trained = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"no MLflow run {run_id} in {uri}; pass the run_dir= of its store") from None
+    if trained.info.status != "FINISHED":
+        raise ConfigError(f"run {run_id} ended {trained.info.status}, not FINISHED: it has no final policy to evaluate")
+    return client, trained
 
 
 def run_config(run: mlflow.entities.Run, overrides: dict[str, str], run_dir: str | None) -> RunConfig:
@@ -90,6 +100,9 @@ def evaluation_splits(cfg: RunConfig, task, questions: list[Example] | None, nam
 def set_up_policy(cfg: RunConfig, run_id: str, engine: Engine) -> None:
     """The trained adapter of run `run_id`; a method that trains nothing is set up again instead
     (best-of-N loads the policy it samples from)."""
+    from bench.training import adapter_folder
+    from methods.base import TrainContext
+
     method = method_module(cfg.method)
     if getattr(method, "TRAINS", True):
         engine.policy.load_adapter_weights(adapter_folder(run_id))
@@ -102,6 +115,13 @@ def set_up_policy(cfg: RunConfig, run_id: str, engine: Engine) -> None:
 def evaluate_run(client: mlflow.MlflowClient, run_id: str, cfg: RunConfig, questions: list[Example] | None,
                  name: str) -> tuple[str, dict[str, float]]:
     """Evaluate the trained run and record the evaluation as its child run; (new run id, metrics)."""
+    import torch
+
+    from bench import tracking
+    from bench.training import _weighted_means, run_tags, seed_everything
+    from methods.engine.evaluate import evaluate_splits, method_engine
+    from methods.engine.models import load_policy
+
     trained = client.get_run(run_id)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     seed_everything(cfg.seed)
@@ -152,13 +172,7 @@ def main(argv: list[str]) -> int:
         if run_id is None:
             raise ConfigError(f"run=<MLflow run id> is required; usage: {USAGE}")
         questions_path, name, run_dir = overrides.pop("questions", None), overrides.pop("name", None), overrides.pop("run_dir", None)
-        client = _store(run_dir)
-        try:
-            trained = client.get_run(run_id)
-        except MlflowException:
-            raise ConfigError(f"no MLflow run {run_id} in {mlflow.get_tracking_uri()}; pass the run_dir= of its store") from None
-        if trained.info.status != "FINISHED":
-            raise ConfigError(f"run {run_id} ended {trained.info.status}, not FINISHED: it has no final policy to evaluate")
+        client, trained = _trained_run(run_dir, run_id)
         cfg = run_config(trained, overrides, run_dir)
         questions = None
         if questions_path is not None:
@@ -177,7 +191,10 @@ def main(argv: list[str]) -> int:
         return 1
     width = max(len(key) for key in metrics)
     print("\n".join(f"{key:<{width}}  {value:.4g}" for key, value in sorted(metrics.items())))
-    print(f"evaluation run {new_id} (child of {run_id}, evaluation={name}); {tracking.ui_hint(mlflow.get_tracking_uri())}")
+    from bench import tracking
+
+    hint = tracking.ui_hint(tracking.tracking_uri(run_dir or "runs"))
+    print(f"evaluation run {new_id} (child of {run_id}, evaluation={name}); {hint}")
     return 0
 
 

@@ -383,6 +383,7 @@ def test_the_command_line_and_its_mistakes_import_no_heavy_library():
     assert heavy_after("import bench.run\nbench.run.main(['sweep=nope'])") == set()
     assert heavy_after("import bench.status\nbench.status.main(['run_dir=runs'])") == set()
     assert heavy_after("import bench.status\nbench.status.main(['sweep=nope'])") == set()
+    assert heavy_after("import bench.evaluate\nbench.evaluate.main(['seed=1'])") == set()  # run= is missing
     # --help and a bad value build the run's settings, whose method Config still lives beside the
     # method's torch code: torch, and Optuna for the sweep files' pruners, but nothing else.
     assert heavy_after("import bench.run\nbench.run.main(['--help'])") <= {"torch", "optuna"}
