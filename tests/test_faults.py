@@ -186,11 +186,13 @@ def test_scancel_of_one_array_task_loses_no_trial(tmp_path):
 @needs_slurm
 def test_a_job_at_its_time_limit_is_requeued_and_its_trial_continues(tmp_path):
     # SLURM checks time limits every 30 s, so the warning (SIGUSR2) comes 40-70 s before the
-    # 2-minute limit; the trial takes longer than that, checkpoints at its
-    # next step and continues after the requeue, possibly more than once. Since newline tokens end
-    # a sample, the random tiny model stops early and a step takes about 0.35 s: 500 steps.
+    # 2-minute limit, i.e. up to 80 s into the job; the trial takes longer than that, checkpoints at
+    # its next step and continues after the requeue, possibly more than once. Since newline tokens
+    # end a sample, the random tiny model stops early: a step of the first trial's draw (vargrad)
+    # takes about 0.14 s on a quiet machine, so 500 steps (72 s) once finished before the warning;
+    # 1,000 steps take about 140 s.
     proc = start_sweep(tmp_path, *(arg for arg in LONG_TRIAL if not arg.startswith("train.steps=")), "trials=1",
-                       "launcher=slurm", "slurm=local", "max_parallel=1", "train.steps=500", "slurm.time_min=2",
+                       "launcher=slurm", "slurm=local", "max_parallel=1", "train.steps=1000", "slurm.time_min=2",
                        "slurm.signal_delay_s=40")  # a key is given once
 
     def complete():
@@ -211,7 +213,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_its_trial_continues(tmp_path):
     run = trial_runs(tmp_path).iloc[0]
     assert run["tags.resumed"] == "true" and run["tags.interrupted"] == "requeue"
     # The step counter continues after the requeue: one continuous history, each step once.
-    assert loss_steps(tmp_path, run["run_id"]) == list(range(500))
+    assert loss_steps(tmp_path, run["run_id"]) == list(range(1000))
     # Ctrl-C cancelled the final run's job.
     queue = lambda: subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip()
     wait_for(lambda: True if queue() == "" else None, 120, "an empty queue")
