@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-KINDS = ("dynamic", "static", "compiled")
+from methods.engine.model_config import KV_CACHE_KINDS as KINDS
 
 
 def _seconds(device: torch.device, fn: Callable, repeats: int):

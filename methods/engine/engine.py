@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from methods.engine.model_config import KV_CACHE_KINDS
 from methods.engine.models import Policy
 from methods.engine.reward import LogReward, choice_log_reward, log_reward, observation_logprobs, preferred_choice
 from methods.engine.rollout import (PrefixCache, Scores, TokenRules, Trajectories, sample, score, shared_prefix,
@@ -72,8 +73,8 @@ class Engine:
 
     def set_kv_cache(self, kind: str) -> None:
         """How `sample` runs its decode steps: dynamic | static | compiled (`model.kv_cache`, resolved)."""
-        if kind not in ("dynamic", "static", "compiled"):
-            raise ValueError(f"kv_cache {kind!r}: expected dynamic, static or compiled (auto is resolved by load_policy)")
+        if kind not in KV_CACHE_KINDS:
+            raise ValueError(f"kv_cache {kind!r}: expected one of {', '.join(KV_CACHE_KINDS)} (auto is resolved by load_policy)")
         self.static_decode = None if kind == "dynamic" else StaticDecoder(self.count_tokens, compiled=kind == "compiled")
 
     # --- tokenized task text ------------------------------------------------------------------

@@ -11,7 +11,8 @@ PRESETS: dict[str, str] = {
     "tiny": "random-weight 2-layer Llama (hidden 64) with the SmolLM2 tokenizer, seeded; for tests and smoke runs",
 }
 DTYPE_NAMES = ("float32", "bfloat16")
-KV_CACHES = ("auto", "dynamic", "static", "compiled")
+KV_CACHE_KINDS = ("dynamic", "static", "compiled")  # how the sampler decodes (methods/engine/static_decode.py)
+KV_CACHES = ("auto", *KV_CACHE_KINDS)  # the values of model.kv_cache; load_policy resolves auto
 
 
 @dataclass
