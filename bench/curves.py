@@ -40,7 +40,7 @@ def metric_histories(client: mlflow.MlflowClient, run_ids: dict[str, list[str]])
         for run_id in ids:
             for metric, _ in CURVES:
                 history = sorted(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp))
-                series = sorted({m.step: m.value for m in history}.items())
+                series = list({m.step: m.value for m in history}.items())  # in step order, the last value of each
                 if series:
                     out.setdefault(label, {}).setdefault(metric, []).append(series)
     return out
